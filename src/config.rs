@@ -1,0 +1,360 @@
+//! Configuration: the `Config` tree read from `config/switchboard.toml` (or built-in defaults
+//! equal to it), every key overridable by `SWITCHBOARD_<KEY>`, validated before the node starts.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The whole configuration. Key names are unique across sections, so each has one env var:
+/// `SWITCHBOARD_` + the key in upper case (e.g. `http_addr` → `SWITCHBOARD_HTTP_ADDR`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub security: SecurityConfig,
+    pub websocket: WebSocketConfig,
+    pub limits: LimitsConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub node_id: String,
+    pub http_addr: String,
+    pub workers: u32,
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            node_id: "node-1".into(),
+            http_addr: "127.0.0.1:8080".into(),
+            workers: 0,
+            shutdown_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub store_backend: String,
+    pub presence_backend: String,
+    pub data_dir: String,
+    pub group_commit_max: u32,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            store_backend: "embedded".into(),
+            presence_backend: "memory".into(),
+            data_dir: "./data".into(),
+            group_commit_max: 1024,
+        }
+    }
+}
+
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    pub master_key: String,
+    pub min_password_len: u32,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig { master_key: String::new(), min_password_len: 8 }
+    }
+}
+
+impl fmt::Debug for SecurityConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let key = if self.master_key.is_empty() { "<from data dir>" } else { "<redacted>" };
+        f.debug_struct("SecurityConfig")
+            .field("master_key", &key)
+            .field("min_password_len", &self.min_password_len)
+            .finish()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    pub heartbeat_ms: u64,
+    pub auth_timeout_ms: u64,
+    pub outbound_queue: u32,
+    pub max_frame_bytes: u32,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            heartbeat_ms: 15_000,
+            auth_timeout_ms: 10_000,
+            outbound_queue: 1024,
+            max_frame_bytes: 256 * 1024,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_body_bytes: u32,
+    pub rate_per_sec: u32,
+    pub rate_burst: u32,
+    pub rate_strikes: u32,
+    pub typing_interval_ms: u64,
+    pub sync_limit_max: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_body_bytes: 64 * 1024,
+            rate_per_sec: 50,
+            rate_burst: 200,
+            rate_strikes: 20,
+            typing_interval_ms: 1_000,
+            sync_limit_max: 500,
+        }
+    }
+}
+
+/// A configuration problem, always naming the key (or env var, or file) at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+impl Config {
+    /// Reads `path` (or starts from the defaults when `None`), applies `SWITCHBOARD_*`
+    /// overrides found through `env`, and validates the result.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let (origin, text) = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|source| ConfigError::Read { path: p.to_owned(), source })?;
+                (p.display().to_string(), text)
+            }
+            None => ("<defaults>".to_string(), String::new()),
+        };
+        let mut table: toml::Table = toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: origin.clone(), message: e.to_string() })?;
+        apply_env_overrides(&mut table, &env)?;
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: origin,
+                message: e.message().to_string(),
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Every env var that can override a key, with the key's `section.key` path.
+    pub fn env_vars() -> Vec<(String, String)> {
+        let defaults = toml::Table::try_from(Config::default()).unwrap_or_default();
+        let mut out = Vec::new();
+        for (section, keys) in &defaults {
+            if let toml::Value::Table(keys) = keys {
+                for key in keys.keys() {
+                    out.push((env_var_name(key), format!("{section}.{key}")));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid { key, message: message.into() }
+        }
+        self.http_addr()
+            .map_err(|e| invalid("server.http_addr", format!("not a socket address: {e}")))?;
+        let node = &self.server.node_id;
+        if node.is_empty()
+            || node.len() > 64
+            || !node.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(invalid("server.node_id", "1-64 characters of [A-Za-z0-9_-]"));
+        }
+        if self.storage.store_backend != "embedded" {
+            return Err(invalid(
+                "storage.store_backend",
+                format!("unknown backend {:?} (this build knows: embedded)", self.storage.store_backend),
+            ));
+        }
+        if self.storage.presence_backend != "memory" {
+            return Err(invalid(
+                "storage.presence_backend",
+                format!("unknown backend {:?} (this build knows: memory)", self.storage.presence_backend),
+            ));
+        }
+        if self.storage.data_dir.is_empty() {
+            return Err(invalid("storage.data_dir", "must not be empty"));
+        }
+        if self.storage.group_commit_max == 0 {
+            return Err(invalid("storage.group_commit_max", "must be at least 1"));
+        }
+        if !self.security.master_key.is_empty() {
+            crate::crypto::MasterKey::from_hex(&self.security.master_key).map_err(|_| {
+                invalid("security.master_key", "must be 64 hex characters (32 bytes), or empty")
+            })?;
+        }
+        if self.security.min_password_len < 8 {
+            return Err(invalid("security.min_password_len", "must be at least 8"));
+        }
+        if self.websocket.heartbeat_ms < 100 {
+            return Err(invalid("websocket.heartbeat_ms", "must be at least 100"));
+        }
+        if self.websocket.auth_timeout_ms == 0 {
+            return Err(invalid("websocket.auth_timeout_ms", "must be positive"));
+        }
+        if self.websocket.outbound_queue < 16 {
+            return Err(invalid("websocket.outbound_queue", "must be at least 16"));
+        }
+        if self.limits.max_body_bytes == 0 {
+            return Err(invalid("limits.max_body_bytes", "must be positive"));
+        }
+        // A body may double in size when JSON-escaped; the frame must still fit.
+        if (self.websocket.max_frame_bytes as u64) < 2 * self.limits.max_body_bytes as u64 + 4096 {
+            return Err(invalid(
+                "websocket.max_frame_bytes",
+                "must be at least 2 × limits.max_body_bytes + 4096",
+            ));
+        }
+        if self.limits.rate_per_sec == 0 || self.limits.rate_burst == 0 {
+            return Err(invalid("limits.rate_per_sec", "rate_per_sec and rate_burst must be positive"));
+        }
+        if self.limits.sync_limit_max == 0 {
+            return Err(invalid("limits.sync_limit_max", "must be positive"));
+        }
+        Ok(())
+    }
+
+    pub fn http_addr(&self) -> Result<SocketAddr, std::net::AddrParseError> {
+        self.server.http_addr.parse()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        PathBuf::from(&self.storage.data_dir)
+    }
+}
+
+fn env_var_name(key: &str) -> String {
+    format!("SWITCHBOARD_{}", key.to_ascii_uppercase())
+}
+
+/// Writes each `SWITCHBOARD_<KEY>` value into the table, typed like the key's default.
+fn apply_env_overrides(
+    table: &mut toml::Table,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    let defaults = toml::Table::try_from(Config::default()).unwrap_or_default();
+    for (section, keys) in defaults {
+        let toml::Value::Table(keys) = keys else { continue };
+        for (key, default) in keys {
+            let var = env_var_name(&key);
+            let Some(raw) = env(&var) else { continue };
+            let value = match default {
+                toml::Value::Integer(_) => raw
+                    .trim()
+                    .parse::<i64>()
+                    .map(toml::Value::Integer)
+                    .map_err(|_| ConfigError::Env { var: var.clone(), message: "expected an integer".into() })?,
+                toml::Value::Boolean(_) => raw
+                    .trim()
+                    .parse::<bool>()
+                    .map(toml::Value::Boolean)
+                    .map_err(|_| ConfigError::Env { var: var.clone(), message: "expected true or false".into() })?,
+                _ => toml::Value::String(raw),
+            };
+            let section_table = table
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match section_table {
+                toml::Value::Table(t) => {
+                    t.insert(key, value);
+                }
+                _ => {
+                    return Err(ConfigError::Parse {
+                        path: "<config>".into(),
+                        message: format!("`{section}` must be a table"),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::load(None, no_env).unwrap();
+    }
+
+    #[test]
+    fn env_overrides_typed_keys() {
+        let c = Config::load(None, |k| match k {
+            "SWITCHBOARD_HTTP_ADDR" => Some("127.0.0.1:0".into()),
+            "SWITCHBOARD_HEARTBEAT_MS" => Some("500".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.server.http_addr, "127.0.0.1:0");
+        assert_eq!(c.websocket.heartbeat_ms, 500);
+    }
+
+    #[test]
+    fn bad_env_value_names_the_variable() {
+        let e = Config::load(None, |k| (k == "SWITCHBOARD_HEARTBEAT_MS").then(|| "soon".into()))
+            .unwrap_err();
+        assert!(e.to_string().contains("SWITCHBOARD_HEARTBEAT_MS"), "{e}");
+    }
+
+    #[test]
+    fn invalid_value_names_the_key() {
+        let e = Config::load(None, |k| (k == "SWITCHBOARD_HTTP_ADDR").then(|| "nowhere".into()))
+            .unwrap_err();
+        assert!(e.to_string().contains("server.http_addr"), "{e}");
+    }
+
+    #[test]
+    fn env_var_names_are_unique() {
+        let vars = Config::env_vars();
+        let mut names: Vec<_> = vars.iter().map(|(v, _)| v.clone()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), vars.len());
+    }
+
+    #[test]
+    fn master_key_is_never_printed() {
+        let mut c = Config::default();
+        c.security.master_key = "ab".repeat(32);
+        assert!(!format!("{c:?}").contains("abab"));
+    }
+}

@@ -1,0 +1,328 @@
+//! The conversation owner: the single writer of every conversation this node owns (in the
+//! embedded default, all of them). It checks membership and idempotency, assigns the next
+//! gapless `seq`, seals the body, appends durably with group commit, answers `sent` only after
+//! the append, and then publishes to the Router. Receipt watermarks go through it too.
+//!
+//! It is an actor in the handle style: one task owns the state and drains an mpsc queue; every
+//! drained batch becomes one durable append (many messages per fsync).
+
+use crate::accounts::Identity;
+use crate::conversations::Conversations;
+use crate::error::{Error, ErrorCode, Result};
+use crate::model::{
+    ConversationId, MessageId, MessageKind, Millis, StoredMessage, UserId, Watermarks, now_millis,
+};
+use crate::protocol::{MessageView, ServerFrame};
+use crate::router::{Audience, Publish, Router};
+use crate::session::SessionEvent;
+use crate::store::ChatStore;
+use crate::telemetry::Metrics;
+use actix::Addr;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+
+/// How many requests may wait for the owner before new ones are refused as `unavailable`.
+const QUEUE_CAPACITY: usize = 65_536;
+
+/// The answer to a stored (or already stored) send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    pub conversation_id: ConversationId,
+    pub client_msg_id: String,
+    pub seq: u64,
+    pub message_id: MessageId,
+    pub ts: Millis,
+}
+
+impl Sent {
+    fn of(m: &StoredMessage) -> Sent {
+        Sent {
+            conversation_id: m.conversation_id,
+            client_msg_id: m.client_msg_id.clone(),
+            seq: m.seq,
+            message_id: m.message_id,
+            ts: m.ts,
+        }
+    }
+}
+
+pub struct SendRequest {
+    pub from: Identity,
+    pub conversation_id: ConversationId,
+    pub client_msg_id: String,
+    pub body: String,
+    pub attachments: Vec<String>,
+}
+
+enum Request {
+    Send(SendRequest, oneshot::Sender<Result<Sent>>),
+    Watermark {
+        user: UserId,
+        conversation_id: ConversationId,
+        to: Watermarks,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Flush(oneshot::Sender<()>),
+}
+
+/// The cloneable address of the owner task.
+#[derive(Clone)]
+pub struct OwnerHandle {
+    tx: mpsc::Sender<Request>,
+}
+
+fn overloaded() -> Error {
+    Error::new(ErrorCode::Unavailable, "the node is overloaded or shutting down; retry")
+}
+
+impl OwnerHandle {
+    /// Queues a send; the receiver yields `sent` once the message is durable.
+    pub fn send(&self, request: SendRequest) -> Result<oneshot::Receiver<Result<Sent>>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.try_send(Request::Send(request, reply)).map_err(|_| overloaded())?;
+        Ok(rx)
+    }
+
+    /// Queues a receipt (`read` implies `delivered`).
+    pub fn advance(
+        &self,
+        user: UserId,
+        conversation_id: ConversationId,
+        to: Watermarks,
+    ) -> Result<oneshot::Receiver<Result<()>>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .try_send(Request::Watermark { user, conversation_id, to, reply })
+            .map_err(|_| overloaded())?;
+        Ok(rx)
+    }
+
+    /// Resolves once everything queued before it has been processed.
+    pub async fn flush(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Request::Flush(reply)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+pub struct Owner {
+    store: Arc<dyn ChatStore>,
+    conversations: Arc<Conversations>,
+    router: Addr<Router>,
+    metrics: Arc<Metrics>,
+    max_batch: usize,
+    /// The highest seq durably stored per conversation, loaded on first use.
+    last_seq: HashMap<ConversationId, u64>,
+}
+
+/// A send that passed every check and awaits the batch append.
+struct Accepted {
+    message: StoredMessage,
+    body: String,
+    audience: Arc<[UserId]>,
+    reply: oneshot::Sender<Result<Sent>>,
+    /// Retries of the same client_msg_id that arrived in the same batch.
+    twins: Vec<oneshot::Sender<Result<Sent>>>,
+}
+
+impl Owner {
+    /// Starts the owner task on the current arbiter and returns its handle.
+    pub fn start(
+        store: Arc<dyn ChatStore>,
+        conversations: Arc<Conversations>,
+        router: Addr<Router>,
+        metrics: Arc<Metrics>,
+        max_batch: usize,
+    ) -> OwnerHandle {
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let owner = Owner { store, conversations, router, metrics, max_batch, last_seq: HashMap::new() };
+        actix::spawn(owner.run(rx));
+        OwnerHandle { tx }
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        let mut batch = Vec::with_capacity(self.max_batch);
+        while let Some(first) = rx.recv().await {
+            batch.push(first);
+            while batch.len() < self.max_batch {
+                match rx.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            self.process(&mut batch).await;
+        }
+    }
+
+    async fn process(&mut self, batch: &mut Vec<Request>) {
+        let mut accepted: Vec<Accepted> = Vec::new();
+        let mut index: HashMap<(ConversationId, UserId, String), usize> = HashMap::new();
+        let mut flushes = Vec::new();
+        let mut receipts = Vec::new();
+        for request in batch.drain(..) {
+            match request {
+                Request::Flush(reply) => flushes.push(reply),
+                Request::Watermark { user, conversation_id, to, reply } => {
+                    receipts.push((user, conversation_id, to, reply));
+                }
+                Request::Send(send, reply) => {
+                    let key = (send.conversation_id, send.from.user_id, send.client_msg_id.clone());
+                    if let Some(&i) = index.get(&key) {
+                        accepted[i].twins.push(reply);
+                        continue;
+                    }
+                    match self.accept(send).await {
+                        Ok(Err(already)) => {
+                            Metrics::inc(&self.metrics.messages_duplicate_total);
+                            let _ = reply.send(Ok(already));
+                        }
+                        Ok(Ok((message, body, audience))) => {
+                            index.insert(key, accepted.len());
+                            accepted.push(Accepted { message, body, audience, reply, twins: Vec::new() });
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                    }
+                }
+            }
+        }
+        if !accepted.is_empty() {
+            self.commit(accepted).await;
+        }
+        // After the commit, so a receipt is checked against stored seqs only.
+        for (user, conversation_id, to, reply) in receipts {
+            let _ = reply.send(self.advance(user, conversation_id, to).await);
+        }
+        for reply in flushes {
+            let _ = reply.send(());
+        }
+    }
+
+    /// Checks a send; `Ok(Err(sent))` when it was stored before (a retry).
+    async fn accept(
+        &mut self,
+        send: SendRequest,
+    ) -> Result<std::result::Result<(StoredMessage, String, Arc<[UserId]>), Sent>> {
+        let info = self.conversations.for_member(send.conversation_id, send.from.user_id).await?;
+        if let Some(stored) = self
+            .store
+            .message_by_client_id(send.conversation_id, send.from.user_id, &send.client_msg_id)
+            .await?
+        {
+            return Ok(Err(Sent::of(&stored)));
+        }
+        let seq = self.last_seq_of(send.conversation_id).await? + 1;
+        // Reserve the seq; `commit` rolls back reservations of a failed batch.
+        self.last_seq.insert(send.conversation_id, seq);
+        let message = StoredMessage {
+            conversation_id: send.conversation_id,
+            seq,
+            message_id: MessageId::generate(),
+            author_id: send.from.user_id,
+            device_id: send.from.device_id,
+            client_msg_id: send.client_msg_id,
+            kind: MessageKind::Text,
+            sealed_body: info.key().seal(send.body.as_bytes(), &info.body_aad(seq)),
+            ts: now_millis(),
+            attachments: send.attachments,
+        };
+        Ok(Ok((message, send.body, info.members.clone())))
+    }
+
+    /// The conversation's highest seq: stored, or reserved by the batch being built.
+    async fn last_seq_of(&mut self, conversation: ConversationId) -> Result<u64> {
+        if let Some(seq) = self.last_seq.get(&conversation) {
+            return Ok(*seq);
+        }
+        let seq = self.store.last_seq(conversation).await?;
+        self.last_seq.insert(conversation, seq);
+        Ok(seq)
+    }
+
+    async fn commit(&mut self, accepted: Vec<Accepted>) {
+        let messages: Vec<StoredMessage> = accepted.iter().map(|a| a.message.clone()).collect();
+        let started = Instant::now();
+        let result = self.store.append(&messages).await;
+        self.metrics.store_append_seconds.observe(started.elapsed());
+        match result {
+            Ok(()) => {
+                Metrics::inc(&self.metrics.group_commits_total);
+                for a in accepted {
+                    Metrics::inc(&self.metrics.messages_stored_total);
+                    let sent = Sent::of(&a.message);
+                    let _ = a.reply.send(Ok(sent.clone()));
+                    for twin in a.twins {
+                        let _ = twin.send(Ok(sent.clone()));
+                    }
+                    self.publish(a.message, a.body, a.audience);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, batch = messages.len(), "durable append failed; nothing acked");
+                let error: Error = e.into();
+                for a in accepted {
+                    // Forget the reservation: the next send reloads last_seq from the store.
+                    self.last_seq.remove(&a.message.conversation_id);
+                    let _ = a.reply.send(Err(error.clone()));
+                    for twin in a.twins {
+                        let _ = twin.send(Err(error.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn publish(&self, m: StoredMessage, body: String, audience: Arc<[UserId]>) {
+        let frame = ServerFrame::Message(MessageView {
+            conversation_id: m.conversation_id,
+            seq: m.seq,
+            message_id: m.message_id,
+            author_id: m.author_id,
+            client_msg_id: m.client_msg_id,
+            body,
+            ts: m.ts,
+            attachments: m.attachments,
+            kind: m.kind,
+        });
+        self.router.do_send(Publish {
+            audience,
+            except: Audience::AllButDevice(m.device_id),
+            event: SessionEvent::Message {
+                conversation_id: m.conversation_id,
+                seq: m.seq,
+                text: frame.encode(),
+            },
+        });
+    }
+
+    async fn advance(&mut self, user: UserId, conversation: ConversationId, to: Watermarks) -> Result<()> {
+        let info = self.conversations.for_member(conversation, user).await?;
+        let last = self.last_seq_of(conversation).await?;
+        // Nobody can have received what is not stored yet.
+        let to = Watermarks { delivered_seq: to.delivered_seq.min(last), read_seq: to.read_seq.min(last) };
+        if to == Watermarks::default() {
+            return Ok(());
+        }
+        let Some((now, changed)) = self.store.advance_watermarks(conversation, user, to).await? else {
+            return Err(Error::forbidden("you are not a member of this conversation"));
+        };
+        if changed {
+            let frame = ServerFrame::Receipt {
+                conversation_id: conversation,
+                user_id: user,
+                delivered_seq: now.delivered_seq,
+                read_seq: now.read_seq,
+            };
+            self.router.do_send(Publish {
+                audience: info.members.clone(),
+                except: Audience::All,
+                event: SessionEvent::Frame(frame.encode()),
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,288 @@
+//! actor Registry: the node's table of connected sessions (user → sessions, with device) and
+//! of presence — who is online, last seen, who watches whom — pushed to watchers on change and
+//! mirrored, with periodic heartbeats, into the `PresenceStore`.
+
+use crate::model::{DeviceId, Millis, UserId, now_millis};
+use crate::protocol::{ServerFrame, close_code};
+use crate::router::Audience;
+use crate::session::SessionEvent;
+use crate::store::presence::PresenceStore;
+use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult, Recipient, ResponseFuture};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub type SessionId = u64;
+
+/// A user's presence as shown to others.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PresenceView {
+    pub user_id: UserId,
+    pub online: bool,
+    pub last_seen: Option<Millis>,
+}
+
+impl PresenceView {
+    pub fn frame(&self) -> ServerFrame {
+        ServerFrame::Presence { user_id: self.user_id, online: self.online, last_seen: self.last_seen }
+    }
+}
+
+struct Entry {
+    user: UserId,
+    device: DeviceId,
+    addr: Recipient<SessionEvent>,
+}
+
+pub struct Registry {
+    node: String,
+    presence: Arc<dyn PresenceStore>,
+    heartbeat: Duration,
+    sessions: HashMap<SessionId, Entry>,
+    by_user: HashMap<UserId, Vec<SessionId>>,
+    /// watched user → sessions that subscribed to their presence
+    watchers: HashMap<UserId, HashSet<SessionId>>,
+    /// session → users it watches (to clean up when it leaves)
+    watching: HashMap<SessionId, Vec<UserId>>,
+    /// Users who went offline on this node, and when.
+    last_seen: HashMap<UserId, Millis>,
+    draining: bool,
+}
+
+impl Registry {
+    pub fn new(node: String, presence: Arc<dyn PresenceStore>, heartbeat: Duration) -> Registry {
+        Registry {
+            node,
+            presence,
+            heartbeat,
+            sessions: HashMap::new(),
+            by_user: HashMap::new(),
+            watchers: HashMap::new(),
+            watching: HashMap::new(),
+            last_seen: HashMap::new(),
+            draining: false,
+        }
+    }
+
+    fn notify_watchers(&self, view: PresenceView) {
+        let Some(watchers) = self.watchers.get(&view.user_id) else { return };
+        let text = view.frame().encode();
+        for id in watchers {
+            if let Some(entry) = self.sessions.get(id) {
+                entry.addr.do_send(SessionEvent::Frame(text.clone()));
+            }
+        }
+    }
+
+    /// Runs a presence-store write in the background; a failure only delays the mirror.
+    fn mirror<F>(fut: F)
+    where
+        F: std::future::Future<Output = crate::store::StoreResult<()>> + 'static,
+    {
+        actix::spawn(async move {
+            if let Err(e) = fut.await {
+                tracing::warn!(error = %e, "presence mirror write failed");
+            }
+        });
+    }
+}
+
+impl Actor for Registry {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(self.heartbeat, |act, _| {
+            let users: Vec<UserId> = act.by_user.keys().copied().collect();
+            let presence = act.presence.clone();
+            let node = act.node.clone();
+            let ttl = 3 * act.heartbeat.as_millis() as u64;
+            Registry::mirror(async move { presence.heartbeat(&node, &users, now_millis(), ttl).await });
+        });
+    }
+}
+
+/// A session joins; answers `false` (and the session should close) when the node drains.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct Connect {
+    pub session: SessionId,
+    pub user: UserId,
+    pub device: DeviceId,
+    pub addr: Recipient<SessionEvent>,
+}
+
+impl Handler<Connect> for Registry {
+    type Result = bool;
+
+    fn handle(&mut self, msg: Connect, _: &mut Context<Self>) -> bool {
+        if self.draining {
+            return false;
+        }
+        self.sessions.insert(msg.session, Entry { user: msg.user, device: msg.device, addr: msg.addr });
+        let sessions = self.by_user.entry(msg.user).or_default();
+        sessions.push(msg.session);
+        if sessions.len() == 1 {
+            self.last_seen.remove(&msg.user);
+            self.notify_watchers(PresenceView { user_id: msg.user, online: true, last_seen: None });
+            let (presence, node, user) = (self.presence.clone(), self.node.clone(), msg.user);
+            Registry::mirror(async move { presence.set_online(user, &node, now_millis()).await });
+        }
+        true
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Disconnect {
+    pub session: SessionId,
+}
+
+impl Handler<Disconnect> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Disconnect, _: &mut Context<Self>) {
+        if let Some(watched) = self.watching.remove(&msg.session) {
+            for user in watched {
+                if let Some(set) = self.watchers.get_mut(&user) {
+                    set.remove(&msg.session);
+                    if set.is_empty() {
+                        self.watchers.remove(&user);
+                    }
+                }
+            }
+        }
+        let Some(entry) = self.sessions.remove(&msg.session) else { return };
+        let Some(sessions) = self.by_user.get_mut(&entry.user) else { return };
+        sessions.retain(|s| *s != msg.session);
+        if sessions.is_empty() {
+            self.by_user.remove(&entry.user);
+            let now = now_millis();
+            self.last_seen.insert(entry.user, now);
+            self.notify_watchers(PresenceView { user_id: entry.user, online: false, last_seen: Some(now) });
+            let (presence, user) = (self.presence.clone(), entry.user);
+            Registry::mirror(async move { presence.set_offline(user, now).await });
+        }
+    }
+}
+
+/// Hand `event` to the connected sessions of `audience` on this node.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Deliver {
+    pub audience: Arc<[UserId]>,
+    pub except: Audience,
+    pub event: SessionEvent,
+}
+
+impl Handler<Deliver> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) {
+        for user in msg.audience.iter() {
+            let Some(ids) = self.by_user.get(user) else { continue };
+            for id in ids {
+                if let Some(entry) = self.sessions.get(id)
+                    && msg.except.includes(entry.user, entry.device)
+                {
+                    entry.addr.do_send(msg.event.clone());
+                }
+            }
+        }
+    }
+}
+
+/// The session watches these users' presence from now on; answers their presence now. The
+/// caller has checked that it may see them.
+#[derive(Message)]
+#[rtype(result = "Vec<PresenceView>")]
+pub struct Subscribe {
+    pub session: SessionId,
+    pub users: Vec<UserId>,
+}
+
+impl Handler<Subscribe> for Registry {
+    type Result = ResponseFuture<Vec<PresenceView>>;
+
+    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) -> Self::Result {
+        let mut known = Vec::new();
+        let mut ask_store = Vec::new();
+        for user in msg.users {
+            let watched = self.watching.entry(msg.session).or_default();
+            if !watched.contains(&user) {
+                watched.push(user);
+                self.watchers.entry(user).or_default().insert(msg.session);
+            }
+            if self.by_user.contains_key(&user) {
+                known.push(PresenceView { user_id: user, online: true, last_seen: None });
+            } else if let Some(seen) = self.last_seen.get(&user) {
+                known.push(PresenceView { user_id: user, online: false, last_seen: Some(*seen) });
+            } else {
+                ask_store.push(user);
+            }
+        }
+        let presence = self.presence.clone();
+        Box::pin(async move {
+            let now = now_millis();
+            for user in ask_store {
+                let record = presence.get(user, now).await.ok().flatten();
+                known.push(match record {
+                    Some(r) => PresenceView {
+                        user_id: user,
+                        online: r.online,
+                        last_seen: if r.online { None } else { r.last_seen },
+                    },
+                    None => PresenceView { user_id: user, online: false, last_seen: None },
+                });
+            }
+            known
+        })
+    }
+}
+
+/// The device logged out: close its sessions with 4001.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RevokeDevice {
+    pub device: DeviceId,
+}
+
+impl Handler<RevokeDevice> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: RevokeDevice, _: &mut Context<Self>) {
+        for entry in self.sessions.values().filter(|e| e.device == msg.device) {
+            entry.addr.do_send(SessionEvent::Close { code: close_code::UNAUTHORIZED, reason: "logged out" });
+        }
+    }
+}
+
+/// The node drains: refuse new sessions and close every open one with 1001. Answers how many
+/// sessions were told to close.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct Drain;
+
+impl Handler<Drain> for Registry {
+    type Result = MessageResult<Drain>;
+
+    fn handle(&mut self, _: Drain, _: &mut Context<Self>) -> Self::Result {
+        self.draining = true;
+        for entry in self.sessions.values() {
+            entry.addr.do_send(SessionEvent::Close { code: close_code::GOING_AWAY, reason: "server draining; reconnect" });
+        }
+        MessageResult(self.sessions.len())
+    }
+}
+
+/// How many sessions are registered (for readiness and tests).
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct CountSessions;
+
+impl Handler<CountSessions> for Registry {
+    type Result = MessageResult<CountSessions>;
+
+    fn handle(&mut self, _: CountSessions, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.sessions.len())
+    }
+}

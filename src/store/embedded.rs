@@ -1,0 +1,468 @@
+//! The embedded backend of `AccountStore` and `ChatStore`: one fjall (LSM) database under the
+//! data dir. Message appends are one atomic batch synced with `PersistMode::SyncAll` (group
+//! commit); read-modify-write rules (unique usernames, one direct conversation per pair,
+//! monotonic watermarks) are serialised by one mutex.
+
+use super::{AccountStore, ChatStore, StoreError, StoreResult};
+use crate::model::{
+    Conversation, ConversationId, Device, DeviceId, Member, StoredMessage, User, UserId, Watermarks,
+};
+use async_trait::async_trait;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// The on-disk layout: one keyspace per table; keys are fixed-width ids and big-endian seqs,
+/// so prefix and range scans follow id and seq order.
+struct Inner {
+    db: Database,
+    /// user_id → User
+    users: Keyspace,
+    /// lower(username) → user_id
+    usernames: Keyspace,
+    /// user_id → argon2id PHC string
+    credentials: Keyspace,
+    /// device_id → DeviceRow
+    devices: Keyspace,
+    /// sha256(token) → device_id
+    tokens: Keyspace,
+    /// conversation_id → Conversation
+    conversations: Keyspace,
+    /// user_lo ++ user_hi → conversation_id (the seeds' user-pair table)
+    pairs: Keyspace,
+    /// conversation_id ++ user_id → Watermarks (the seeds' read/unread tables)
+    members: Keyspace,
+    /// user_id ++ conversation_id → ()
+    user_conversations: Keyspace,
+    /// conversation_id ++ seq(BE) → StoredMessage
+    messages: Keyspace,
+    /// conversation_id ++ author_id ++ client_msg_id → seq(BE)
+    client_ids: Keyspace,
+    /// Serialises read-modify-write operations.
+    rmw: Mutex<()>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DeviceRow {
+    device: Device,
+    token_hash: [u8; 32],
+}
+
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_stdvec(value).expect("in-memory encoding cannot fail")
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> StoreResult<T> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn key2(a: &[u8; 16], b: &[u8; 16]) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    k[..16].copy_from_slice(a);
+    k[16..].copy_from_slice(b);
+    k
+}
+
+fn message_key(conversation: ConversationId, seq: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..16].copy_from_slice(conversation.as_bytes());
+    k[16..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn client_id_key(conversation: ConversationId, author: UserId, client_msg_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(32 + client_msg_id.len());
+    k.extend_from_slice(conversation.as_bytes());
+    k.extend_from_slice(author.as_bytes());
+    k.extend_from_slice(client_msg_id.as_bytes());
+    k
+}
+
+fn pair_key(a: UserId, b: UserId) -> [u8; 32] {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    key2(lo.as_bytes(), hi.as_bytes())
+}
+
+fn id_suffix(key: &[u8]) -> StoreResult<[u8; 16]> {
+    key.get(16..32)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| StoreError::Corrupt("short key".into()))
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the database at `path`.
+    pub fn open(path: &Path) -> StoreResult<EmbeddedStore> {
+        let db = Database::builder(path).open().map_err(unavailable)?;
+        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(unavailable);
+        let inner = Inner {
+            users: ks("users")?,
+            usernames: ks("usernames")?,
+            credentials: ks("credentials")?,
+            devices: ks("devices")?,
+            tokens: ks("tokens")?,
+            conversations: ks("conversations")?,
+            pairs: ks("pairs")?,
+            members: ks("members")?,
+            user_conversations: ks("user_conversations")?,
+            messages: ks("messages")?,
+            client_ids: ks("client_ids")?,
+            rmw: Mutex::new(()),
+            db,
+        };
+        Ok(EmbeddedStore { inner: Arc::new(inner) })
+    }
+
+    /// Runs `f` on the blocking pool: fjall calls may touch the disk (and `SyncAll` does).
+    async fn blocking<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> StoreResult<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+
+    /// Syncs everything written so far to disk.
+    pub fn persist(&self) -> StoreResult<()> {
+        self.inner.db.persist(PersistMode::SyncAll).map_err(unavailable)
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.rmw.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get<T: DeserializeOwned>(&self, ks: &Keyspace, key: &[u8]) -> StoreResult<Option<T>> {
+        match ks.get(key).map_err(unavailable)? {
+            Some(bytes) => decode(&bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn message(&self, conversation: ConversationId, seq: u64) -> StoreResult<Option<StoredMessage>> {
+        self.get(&self.messages, &message_key(conversation, seq))
+    }
+
+    fn scan_messages(
+        &self,
+        range: (std::ops::Bound<[u8; 24]>, std::ops::Bound<[u8; 24]>),
+        newest_first: bool,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredMessage>> {
+        let iter = self.messages.range::<[u8; 24], _>(range);
+        let mut out = Vec::with_capacity(limit.min(256));
+        let mut push = |guard: fjall::Guard| -> StoreResult<()> {
+            let value = guard.value().map_err(unavailable)?;
+            out.push(decode::<StoredMessage>(&value)?);
+            Ok(())
+        };
+        if newest_first {
+            for guard in iter.rev().take(limit) {
+                push(guard)?;
+            }
+            out.reverse();
+        } else {
+            for guard in iter.take(limit) {
+                push(guard)?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl AccountStore for EmbeddedStore {
+    async fn create_user(&self, user: &User, password_hash: &str) -> StoreResult<()> {
+        let user = user.clone();
+        let password_hash = password_hash.to_owned();
+        self.blocking(move |s| {
+            let _guard = s.lock();
+            let name_key = user.username.to_lowercase();
+            if s.usernames.contains_key(&name_key).map_err(unavailable)? {
+                return Err(StoreError::Conflict(format!("username {} is taken", user.username)));
+            }
+            let mut batch = s.db.batch().durability(Some(PersistMode::SyncAll));
+            batch.insert(&s.users, user.id.as_bytes(), encode(&user));
+            batch.insert(&s.usernames, name_key, user.id.as_bytes());
+            batch.insert(&s.credentials, user.id.as_bytes(), password_hash.into_bytes());
+            batch.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn user(&self, id: UserId) -> StoreResult<Option<User>> {
+        self.blocking(move |s| s.get(&s.users, id.as_bytes())).await
+    }
+
+    async fn user_by_name(&self, username: &str) -> StoreResult<Option<User>> {
+        let name_key = username.to_lowercase();
+        self.blocking(move |s| {
+            let Some(id) = s.usernames.get(&name_key).map_err(unavailable)? else {
+                return Ok(None);
+            };
+            s.get(&s.users, &id)
+        })
+        .await
+    }
+
+    async fn password_hash(&self, id: UserId) -> StoreResult<Option<String>> {
+        self.blocking(move |s| {
+            Ok(s.credentials
+                .get(id.as_bytes())
+                .map_err(unavailable)?
+                .map(|v| String::from_utf8_lossy(&v).into_owned()))
+        })
+        .await
+    }
+
+    async fn create_device(&self, device: &Device, token_hash: &[u8; 32]) -> StoreResult<()> {
+        let row = DeviceRow { device: device.clone(), token_hash: *token_hash };
+        self.blocking(move |s| {
+            let mut batch = s.db.batch().durability(Some(PersistMode::SyncAll));
+            batch.insert(&s.tokens, row.token_hash, row.device.id.as_bytes());
+            batch.insert(&s.devices, row.device.id.as_bytes(), encode(&row));
+            batch.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn device_by_token(&self, token_hash: &[u8; 32]) -> StoreResult<Option<Device>> {
+        let token_hash = *token_hash;
+        self.blocking(move |s| {
+            let Some(device_id) = s.tokens.get(token_hash).map_err(unavailable)? else {
+                return Ok(None);
+            };
+            let row: Option<DeviceRow> = s.get(&s.devices, &device_id)?;
+            Ok(row.map(|r| r.device).filter(|d| !d.revoked))
+        })
+        .await
+    }
+
+    async fn revoke_device(&self, id: DeviceId) -> StoreResult<()> {
+        self.blocking(move |s| {
+            let _guard = s.lock();
+            let Some(mut row) = s.get::<DeviceRow>(&s.devices, id.as_bytes())? else {
+                return Ok(());
+            };
+            row.device.revoked = true;
+            let mut batch = s.db.batch().durability(Some(PersistMode::SyncAll));
+            batch.remove(&s.tokens, row.token_hash);
+            batch.insert(&s.devices, id.as_bytes(), encode(&row));
+            batch.commit().map_err(unavailable)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl ChatStore for EmbeddedStore {
+    async fn create_direct(&self, conversation: &Conversation) -> StoreResult<Conversation> {
+        let conversation = conversation.clone();
+        self.blocking(move |s| {
+            let [a, b] = conversation.members[..] else {
+                return Err(StoreError::Conflict("a direct conversation has two members".into()));
+            };
+            let _guard = s.lock();
+            let pair = pair_key(a, b);
+            if let Some(existing) = s.pairs.get(pair).map_err(unavailable)? {
+                return s
+                    .get::<Conversation>(&s.conversations, &existing)?
+                    .ok_or_else(|| StoreError::Corrupt("pair points to a missing conversation".into()));
+            }
+            let id = conversation.id.as_bytes();
+            let mut batch = s.db.batch().durability(Some(PersistMode::SyncAll));
+            batch.insert(&s.conversations, id, encode(&conversation));
+            batch.insert(&s.pairs, pair, id);
+            for member in &conversation.members {
+                batch.insert(&s.members, key2(id, member.as_bytes()), encode(&Watermarks::default()));
+                batch.insert(&s.user_conversations, key2(member.as_bytes(), id), []);
+            }
+            batch.commit().map_err(unavailable)?;
+            Ok(conversation)
+        })
+        .await
+    }
+
+    async fn conversation(&self, id: ConversationId) -> StoreResult<Option<Conversation>> {
+        self.blocking(move |s| s.get(&s.conversations, id.as_bytes())).await
+    }
+
+    async fn direct_between(&self, a: UserId, b: UserId) -> StoreResult<Option<ConversationId>> {
+        self.blocking(move |s| {
+            Ok(s.pairs
+                .get(pair_key(a, b))
+                .map_err(unavailable)?
+                .and_then(|v| <[u8; 16]>::try_from(&v[..]).ok())
+                .map(ConversationId::from_bytes))
+        })
+        .await
+    }
+
+    async fn members(&self, id: ConversationId) -> StoreResult<Vec<Member>> {
+        self.blocking(move |s| {
+            let mut out = Vec::new();
+            for guard in s.members.prefix(id.as_bytes()) {
+                let (key, value) = guard.into_inner().map_err(unavailable)?;
+                out.push(Member {
+                    user_id: UserId::from_bytes(id_suffix(&key)?),
+                    watermarks: decode(&value)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn user_conversations(&self, user: UserId) -> StoreResult<Vec<ConversationId>> {
+        self.blocking(move |s| {
+            let mut out = Vec::new();
+            for guard in s.user_conversations.prefix(user.as_bytes()) {
+                let key = guard.key().map_err(unavailable)?;
+                out.push(ConversationId::from_bytes(id_suffix(&key)?));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn last_seq(&self, id: ConversationId) -> StoreResult<u64> {
+        self.blocking(move |s| {
+            match s.messages.prefix(id.as_bytes()).next_back() {
+                None => Ok(0),
+                Some(guard) => {
+                    let key = guard.key().map_err(unavailable)?;
+                    let seq: [u8; 8] = key
+                        .get(16..24)
+                        .and_then(|b| b.try_into().ok())
+                        .ok_or_else(|| StoreError::Corrupt("short message key".into()))?;
+                    Ok(u64::from_be_bytes(seq))
+                }
+            }
+        })
+        .await
+    }
+
+    async fn append(&self, messages: &[StoredMessage]) -> StoreResult<()> {
+        let rows: Vec<([u8; 24], Vec<u8>, Vec<u8>, u64)> = messages
+            .iter()
+            .map(|m| {
+                (
+                    message_key(m.conversation_id, m.seq),
+                    encode(m),
+                    client_id_key(m.conversation_id, m.author_id, &m.client_msg_id),
+                    m.seq,
+                )
+            })
+            .collect();
+        self.blocking(move |s| {
+            let mut batch = s.db.batch().durability(Some(PersistMode::SyncAll));
+            for (key, value, client_key, seq) in rows {
+                batch.insert(&s.messages, key, value);
+                batch.insert(&s.client_ids, client_key, seq.to_be_bytes());
+            }
+            batch.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn message_by_client_id(
+        &self,
+        conversation: ConversationId,
+        author: UserId,
+        client_msg_id: &str,
+    ) -> StoreResult<Option<StoredMessage>> {
+        let key = client_id_key(conversation, author, client_msg_id);
+        self.blocking(move |s| {
+            let Some(seq) = s.client_ids.get(key).map_err(unavailable)? else {
+                return Ok(None);
+            };
+            let seq: [u8; 8] = seq[..]
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("bad client id row".into()))?;
+            s.message(conversation, u64::from_be_bytes(seq))
+        })
+        .await
+    }
+
+    async fn messages_after(
+        &self,
+        conversation: ConversationId,
+        after: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredMessage>> {
+        use std::ops::Bound::Included;
+        self.blocking(move |s| {
+            if after == u64::MAX {
+                return Ok(Vec::new());
+            }
+            let from = Included(message_key(conversation, after + 1));
+            let to = Included(message_key(conversation, u64::MAX));
+            s.scan_messages((from, to), false, limit)
+        })
+        .await
+    }
+
+    async fn messages_before(
+        &self,
+        conversation: ConversationId,
+        before: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredMessage>> {
+        use std::ops::Bound::{Excluded, Included};
+        self.blocking(move |s| {
+            let from = Included(message_key(conversation, 0));
+            let to = Excluded(message_key(conversation, before));
+            s.scan_messages((from, to), true, limit)
+        })
+        .await
+    }
+
+    async fn advance_watermarks(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        to: Watermarks,
+    ) -> StoreResult<Option<(Watermarks, bool)>> {
+        self.blocking(move |s| {
+            let key = key2(conversation.as_bytes(), user.as_bytes());
+            let _guard = s.lock();
+            let Some(current) = s.get::<Watermarks>(&s.members, &key)? else {
+                return Ok(None);
+            };
+            let target = Watermarks {
+                delivered_seq: to.delivered_seq.max(to.read_seq),
+                read_seq: to.read_seq,
+            };
+            let next = current.merge(target);
+            if next == current {
+                return Ok(Some((current, false)));
+            }
+            // Receipts are not acknowledged as durable: they reach the OS at once (safe from a
+            // process crash) and the disk with the next sync.
+            s.members.insert(key, encode(&next)).map_err(unavailable)?;
+            Ok(Some((next, true)))
+        })
+        .await
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.blocking(|s| {
+            s.users.first_key_value();
+            Ok(())
+        })
+        .await
+    }
+}

@@ -1,0 +1,118 @@
+//! Persistence ports: the app-shaped traits `AccountStore` and `ChatStore` (the contract every
+//! backend meets, proven by `tests/it/store_conformance.rs`), their error type, and
+//! `Stores::open`, the one place a backend is chosen from config.
+
+pub mod embedded;
+pub mod presence;
+
+use crate::config::Config;
+use crate::model::{
+    Conversation, ConversationId, Device, DeviceId, Member, StoredMessage, User, UserId, Watermarks,
+};
+use async_trait::async_trait;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness rule stopped the write (e.g. the username exists); nothing was written.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The backend could not be reached or could not make the write durable; nothing the
+    /// caller may rely on was written.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Stored bytes could not be decoded.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Users, their password hashes and devices (with token hashes).
+#[async_trait]
+pub trait AccountStore: Send + Sync + 'static {
+    /// Creates the user; `Conflict` if the username (case-insensitively) exists. Durable on
+    /// return.
+    async fn create_user(&self, user: &User, password_hash: &str) -> StoreResult<()>;
+    async fn user(&self, id: UserId) -> StoreResult<Option<User>>;
+    /// Case-insensitive lookup.
+    async fn user_by_name(&self, username: &str) -> StoreResult<Option<User>>;
+    async fn password_hash(&self, id: UserId) -> StoreResult<Option<String>>;
+    /// Adds a device whose bearer token hashes to `token_hash`. Durable on return.
+    async fn create_device(&self, device: &Device, token_hash: &[u8; 32]) -> StoreResult<()>;
+    /// The device a token belongs to, unless it was revoked.
+    async fn device_by_token(&self, token_hash: &[u8; 32]) -> StoreResult<Option<Device>>;
+    /// Marks the device revoked and forgets its token. Durable on return.
+    async fn revoke_device(&self, id: DeviceId) -> StoreResult<()>;
+}
+
+/// Conversations, membership with receipt watermarks, and the message log.
+#[async_trait]
+pub trait ChatStore: Send + Sync + 'static {
+    /// Creates the direct conversation of a pair once: if the pair already has one, returns
+    /// that one and ignores `conversation` (a conditional insert). Durable on return.
+    async fn create_direct(&self, conversation: &Conversation) -> StoreResult<Conversation>;
+    async fn conversation(&self, id: ConversationId) -> StoreResult<Option<Conversation>>;
+    /// The direct conversation of two users, if one exists.
+    async fn direct_between(&self, a: UserId, b: UserId) -> StoreResult<Option<ConversationId>>;
+    async fn members(&self, id: ConversationId) -> StoreResult<Vec<Member>>;
+    async fn user_conversations(&self, user: UserId) -> StoreResult<Vec<ConversationId>>;
+    /// The highest stored seq of the conversation (0 when empty).
+    async fn last_seq(&self, id: ConversationId) -> StoreResult<u64>;
+    /// Stores the messages and their client-id index atomically and durably (one sync for the
+    /// whole batch: group commit). Seqs are assigned by the caller, the conversation's single
+    /// writer; on error nothing of the batch is stored.
+    async fn append(&self, messages: &[StoredMessage]) -> StoreResult<()>;
+    /// The message an author stored with this client id, if any (idempotency).
+    async fn message_by_client_id(
+        &self,
+        conversation: ConversationId,
+        author: UserId,
+        client_msg_id: &str,
+    ) -> StoreResult<Option<StoredMessage>>;
+    /// Up to `limit` messages with seq > `after`, ascending.
+    async fn messages_after(
+        &self,
+        conversation: ConversationId,
+        after: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredMessage>>;
+    /// The `limit` newest messages with seq < `before`, ascending.
+    async fn messages_before(
+        &self,
+        conversation: ConversationId,
+        before: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredMessage>>;
+    /// Raises the member's watermarks to at least `to` (a read raises delivered too) and
+    /// returns the result and whether anything changed. Never lowers a watermark. `None` if
+    /// the user is not a member.
+    async fn advance_watermarks(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        to: Watermarks,
+    ) -> StoreResult<Option<(Watermarks, bool)>>;
+    /// Cheap reachability check for `/readyz`.
+    async fn ping(&self) -> StoreResult<()>;
+}
+
+/// The backends of one node, chosen from config.
+#[derive(Clone)]
+pub struct Stores {
+    pub accounts: Arc<dyn AccountStore>,
+    pub chat: Arc<dyn ChatStore>,
+    pub presence: Arc<dyn presence::PresenceStore>,
+}
+
+impl Stores {
+    pub fn open(config: &Config) -> StoreResult<Stores> {
+        // `Config::validate` admits only the backends this build has.
+        let embedded = Arc::new(embedded::EmbeddedStore::open(&config.data_dir().join("store"))?);
+        Ok(Stores {
+            accounts: embedded.clone(),
+            chat: embedded,
+            presence: Arc::new(presence::MemoryPresence::default()),
+        })
+    }
+}
