@@ -67,7 +67,12 @@ impl Accounts {
         Ok(())
     }
 
-    pub async fn register(&self, username: &str, password: &str, device_name: Option<&str>) -> Result<NewSession> {
+    pub async fn register(
+        &self,
+        username: &str,
+        password: &str,
+        device_name: Option<&str>,
+    ) -> Result<NewSession> {
         validate_username(username)?;
         self.validate_password(password)?;
         let password = password.to_owned();
@@ -85,7 +90,12 @@ impl Accounts {
         self.new_device(user, device_name).await
     }
 
-    pub async fn login(&self, username: &str, password: &str, device_name: Option<&str>) -> Result<NewSession> {
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        device_name: Option<&str>,
+    ) -> Result<NewSession> {
         let wrong = || Error::new(ErrorCode::Unauthorized, "wrong username or password");
         let user = self.store.user_by_name(username).await?;
         let phc = match &user {

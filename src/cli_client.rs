@@ -46,7 +46,12 @@ pub fn run(args: ChatArgs) -> ExitCode {
     }
 }
 
-async fn post(http: &reqwest::Client, url: String, token: Option<&str>, body: Value) -> Result<(u16, Value), Failure> {
+async fn post(
+    http: &reqwest::Client,
+    url: String,
+    token: Option<&str>,
+    body: Value,
+) -> Result<(u16, Value), Failure> {
     let mut req = http.post(url).json(&body);
     if let Some(t) = token {
         req = req.bearer_auth(t);
@@ -59,7 +64,8 @@ async fn post(http: &reqwest::Client, url: String, token: Option<&str>, body: Va
 async fn chat(args: ChatArgs) -> Result<(), Failure> {
     let http = reqwest::Client::new();
     let base = args.server.trim_end_matches('/').to_owned();
-    let creds = json!({ "username": args.user, "password": args.password, "device_name": "switchboard chat" });
+    let creds =
+        json!({ "username": args.user, "password": args.password, "device_name": "switchboard chat" });
     let (mut status, mut session) = post(&http, format!("{base}/v1/login"), None, creds.clone()).await?;
     if status == 401 && args.register {
         (status, session) = post(&http, format!("{base}/v1/register"), None, creds).await?;
@@ -69,15 +75,22 @@ async fn chat(args: ChatArgs) -> Result<(), Failure> {
     }
     let token = session["token"].as_str().ok_or("no token in reply")?.to_owned();
     let me = session["user_id"].as_str().unwrap_or_default().to_owned();
-    let peer: Value = http
-        .get(format!("{base}/v1/users/{}", args.to))
-        .bearer_auth(&token)
-        .send()
-        .await?
-        .json()
-        .await?;
-    let peer_id = peer["user_id"].as_str().ok_or_else(|| format!("no user {}: {peer}", args.to))?.to_owned();
-    let (_, conv) = post(&http, format!("{base}/v1/conversations/direct"), Some(&token), json!({ "user_id": peer_id })).await?;
+    let peer_id = loop {
+        let resp = http.get(format!("{base}/v1/users/{}", args.to)).bearer_auth(&token).send().await?;
+        let status = resp.status().as_u16();
+        let peer: Value = resp.json().await.unwrap_or(Value::Null);
+        match (status, peer["user_id"].as_str()) {
+            (200, Some(id)) => break id.to_owned(),
+            (404, _) => {
+                eprintln!("waiting for {} to register…", args.to);
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            }
+            _ => return Err(format!("looking up {} failed ({status}): {peer}", args.to).into()),
+        }
+    };
+    let (_, conv) =
+        post(&http, format!("{base}/v1/conversations/direct"), Some(&token), json!({ "user_id": peer_id }))
+            .await?;
     let conversation = conv["conversation_id"].as_str().ok_or("could not open the conversation")?.to_owned();
 
     let ws_url = format!("{}/v1/ws", base.replacen("http", "ws", 1));
@@ -85,7 +98,8 @@ async fn chat(args: ChatArgs) -> Result<(), Failure> {
     request.headers_mut().insert("Authorization", format!("Bearer {token}").parse()?);
     let (socket, _) = tokio_tungstenite::connect_async(request).await?;
     let (mut tx, mut rx) = socket.split();
-    tx.send(Message::text(json!({"type":"history","conversation_id":conversation,"limit":20}).to_string())).await?;
+    tx.send(Message::text(json!({"type":"history","conversation_id":conversation,"limit":20}).to_string()))
+        .await?;
     tx.send(Message::text(json!({"type":"presence_subscribe","user_ids":[peer_id]}).to_string())).await?;
     eprintln!("chatting with {} — type a line and press enter; ctrl-d quits", args.to);
 

@@ -141,10 +141,7 @@ pub enum ConfigError {
 impl Config {
     /// Reads `path` (or starts from the defaults when `None`), applies `SWITCHBOARD_*`
     /// overrides found through `env`, and validates the result.
-    pub fn load(
-        path: Option<&Path>,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Config, ConfigError> {
+    pub fn load(path: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let (origin, text) = match path {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
@@ -156,12 +153,9 @@ impl Config {
         let mut table: toml::Table = toml::from_str(&text)
             .map_err(|e| ConfigError::Parse { path: origin.clone(), message: e.to_string() })?;
         apply_env_overrides(&mut table, &env)?;
-        let config: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse {
-                path: origin,
-                message: e.message().to_string(),
-            })?;
+        let config: Config = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
+            ConfigError::Parse { path: origin, message: e.message().to_string() }
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -184,8 +178,7 @@ impl Config {
         fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
             ConfigError::Invalid { key, message: message.into() }
         }
-        self.http_addr()
-            .map_err(|e| invalid("server.http_addr", format!("not a socket address: {e}")))?;
+        self.http_addr().map_err(|e| invalid("server.http_addr", format!("not a socket address: {e}")))?;
         let node = &self.server.node_id;
         if node.is_empty()
             || node.len() > 64
@@ -272,21 +265,22 @@ fn apply_env_overrides(
             let var = env_var_name(&key);
             let Some(raw) = env(&var) else { continue };
             let value = match default {
-                toml::Value::Integer(_) => raw
-                    .trim()
-                    .parse::<i64>()
-                    .map(toml::Value::Integer)
-                    .map_err(|_| ConfigError::Env { var: var.clone(), message: "expected an integer".into() })?,
-                toml::Value::Boolean(_) => raw
-                    .trim()
-                    .parse::<bool>()
-                    .map(toml::Value::Boolean)
-                    .map_err(|_| ConfigError::Env { var: var.clone(), message: "expected true or false".into() })?,
+                toml::Value::Integer(_) => {
+                    raw.trim().parse::<i64>().map(toml::Value::Integer).map_err(|_| ConfigError::Env {
+                        var: var.clone(),
+                        message: "expected an integer".into(),
+                    })?
+                }
+                toml::Value::Boolean(_) => {
+                    raw.trim().parse::<bool>().map(toml::Value::Boolean).map_err(|_| ConfigError::Env {
+                        var: var.clone(),
+                        message: "expected true or false".into(),
+                    })?
+                }
                 _ => toml::Value::String(raw),
             };
-            let section_table = table
-                .entry(section.clone())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let section_table =
+                table.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
             match section_table {
                 toml::Value::Table(t) => {
                     t.insert(key, value);
@@ -330,15 +324,13 @@ mod tests {
 
     #[test]
     fn bad_env_value_names_the_variable() {
-        let e = Config::load(None, |k| (k == "SWITCHBOARD_HEARTBEAT_MS").then(|| "soon".into()))
-            .unwrap_err();
+        let e = Config::load(None, |k| (k == "SWITCHBOARD_HEARTBEAT_MS").then(|| "soon".into())).unwrap_err();
         assert!(e.to_string().contains("SWITCHBOARD_HEARTBEAT_MS"), "{e}");
     }
 
     #[test]
     fn invalid_value_names_the_key() {
-        let e = Config::load(None, |k| (k == "SWITCHBOARD_HTTP_ADDR").then(|| "nowhere".into()))
-            .unwrap_err();
+        let e = Config::load(None, |k| (k == "SWITCHBOARD_HTTP_ADDR").then(|| "nowhere".into())).unwrap_err();
         assert!(e.to_string().contains("server.http_addr"), "{e}");
     }
 

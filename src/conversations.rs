@@ -4,9 +4,7 @@
 
 use crate::crypto::{ConversationKey, MasterKey};
 use crate::error::{Error, Result};
-use crate::model::{
-    Conversation, ConversationId, ConversationKind, StoredMessage, UserId, now_millis,
-};
+use crate::model::{Conversation, ConversationId, ConversationKind, StoredMessage, UserId, now_millis};
 use crate::protocol::MessageView;
 use crate::store::ChatStore;
 use std::collections::HashMap;

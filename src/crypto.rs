@@ -74,10 +74,7 @@ impl MasterKey {
         let path = data_dir.join("master.key");
         match std::fs::read_to_string(&path) {
             Ok(text) => MasterKey::from_hex(&text).map_err(|e| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("{}: {e}", path.display()),
-                )
+                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 std::fs::create_dir_all(data_dir)?;

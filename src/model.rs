@@ -70,9 +70,7 @@ pub type Millis = i64;
 
 /// Now, in milliseconds since the Unix epoch.
 pub fn now_millis() -> Millis {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     d.as_millis() as Millis
 }
 

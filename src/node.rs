@@ -43,8 +43,8 @@ impl Node {
     pub fn start(config: Config) -> Result<Arc<Node>, StartError> {
         let data_dir = config.data_dir();
         std::fs::create_dir_all(&data_dir).map_err(StartError::MasterKey)?;
-        let master =
-            MasterKey::load_or_create(&config.security.master_key, &data_dir).map_err(StartError::MasterKey)?;
+        let master = MasterKey::load_or_create(&config.security.master_key, &data_dir)
+            .map_err(StartError::MasterKey)?;
         let stores = Stores::open(&config)
             .map_err(|source| StartError::Store { dir: data_dir.display().to_string(), source })?;
         let metrics = Arc::new(Metrics::default());

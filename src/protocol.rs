@@ -61,10 +61,8 @@ pub struct DecodeError {
 /// unknown `type`, a missing field or a wrong type is a `DecodeError` that keeps the `id` when
 /// the frame had one, so the client can match the error to its request.
 pub fn decode_client_frame(text: &str) -> Result<(Option<String>, ClientFrame), DecodeError> {
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| DecodeError {
-        id: None,
-        message: format!("not valid JSON: {e}"),
-    })?;
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| DecodeError { id: None, message: format!("not valid JSON: {e}") })?;
     let id = match value.get("id") {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(s)) => Some(s.clone()),

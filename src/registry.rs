@@ -268,7 +268,10 @@ impl Handler<Drain> for Registry {
     fn handle(&mut self, _: Drain, _: &mut Context<Self>) -> Self::Result {
         self.draining = true;
         for entry in self.sessions.values() {
-            entry.addr.do_send(SessionEvent::Close { code: close_code::GOING_AWAY, reason: "server draining; reconnect" });
+            entry.addr.do_send(SessionEvent::Close {
+                code: close_code::GOING_AWAY,
+                reason: "server draining; reconnect",
+            });
         }
         MessageResult(self.sessions.len())
     }

@@ -198,7 +198,10 @@ impl Session {
             if self.strikes > self.node.config.limits.rate_strikes {
                 self.close(close_code::POLICY, "rate limit exceeded repeatedly", ctx);
             } else {
-                let e = Error::new(ErrorCode::RateLimited, "too many frames; slow down (this frame was not processed)");
+                let e = Error::new(
+                    ErrorCode::RateLimited,
+                    "too many frames; slow down (this frame was not processed)",
+                );
                 self.push_error(request_id, &e, ctx);
             }
             return;
@@ -219,7 +222,11 @@ impl Session {
                 self.push_error(id, &Error::new(ErrorCode::BadFrame, "already authenticated"), ctx);
             }
             ClientFrame::Send { conversation_id, client_msg_id, body, attachments } => {
-                self.on_send(id, SendRequest { from: identity, conversation_id, client_msg_id, body, attachments }, ctx);
+                self.on_send(
+                    id,
+                    SendRequest { from: identity, conversation_id, client_msg_id, body, attachments },
+                    ctx,
+                );
             }
             ClientFrame::Delivered { conversation_id, seq } => {
                 let to = Watermarks { delivered_seq: seq, read_seq: 0 };
@@ -235,7 +242,8 @@ impl Session {
             ClientFrame::Sync { cursors, limit } => self.on_sync(identity.user_id, id, cursors, limit, ctx),
             ClientFrame::History { conversation_id, before, limit } => {
                 let reader = self.node.reader.clone();
-                let fut = async move { reader.history(identity.user_id, conversation_id, before, limit).await };
+                let fut =
+                    async move { reader.history(identity.user_id, conversation_id, before, limit).await };
                 ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
                     Ok((messages, has_more)) => {
                         let frame = ServerFrame::History { id, conversation_id, messages, has_more };
@@ -244,7 +252,9 @@ impl Session {
                     Err(e) => act.push_error(id, &e, ctx),
                 }));
             }
-            ClientFrame::PresenceSubscribe { user_ids } => self.on_presence_subscribe(identity.user_id, id, user_ids, ctx),
+            ClientFrame::PresenceSubscribe { user_ids } => {
+                self.on_presence_subscribe(identity.user_id, id, user_ids, ctx)
+            }
             ClientFrame::Ping => self.push_frame(&ServerFrame::Pong { id }, ctx),
         }
     }
@@ -272,9 +282,15 @@ impl Session {
     fn on_send(&mut self, id: Option<String>, send: SendRequest, ctx: &mut Context<Self>) {
         let limit = self.node.config.limits.max_body_bytes as usize;
         let invalid = if send.body.len() > limit {
-            Some(Error::new(ErrorCode::TooLarge, format!("body is {} bytes; the limit is {limit}", send.body.len())))
+            Some(Error::new(
+                ErrorCode::TooLarge,
+                format!("body is {} bytes; the limit is {limit}", send.body.len()),
+            ))
         } else if send.client_msg_id.is_empty() || send.client_msg_id.len() > CLIENT_MSG_ID_MAX {
-            Some(Error::new(ErrorCode::BadFrame, format!("client_msg_id must be 1-{CLIENT_MSG_ID_MAX} bytes")))
+            Some(Error::new(
+                ErrorCode::BadFrame,
+                format!("client_msg_id must be 1-{CLIENT_MSG_ID_MAX} bytes"),
+            ))
         } else if !send.attachments.is_empty() {
             Some(Error::not_found("unknown attachment (attachment upload is not available yet)"))
         } else {
@@ -292,7 +308,8 @@ impl Session {
             }
         };
         ctx.spawn(rx.into_actor(self).map(move |res, act, ctx| {
-            match res.unwrap_or_else(|_| Err(Error::new(ErrorCode::Unavailable, "the owner stopped; retry"))) {
+            match res.unwrap_or_else(|_| Err(Error::new(ErrorCode::Unavailable, "the owner stopped; retry")))
+            {
                 Ok(sent) => {
                     let frame = ServerFrame::Sent {
                         id,
@@ -331,7 +348,14 @@ impl Session {
         }));
     }
 
-    fn on_typing(&mut self, user: UserId, id: Option<String>, conversation_id: ConversationId, active: bool, ctx: &mut Context<Self>) {
+    fn on_typing(
+        &mut self,
+        user: UserId,
+        id: Option<String>,
+        conversation_id: ConversationId,
+        active: bool,
+        ctx: &mut Context<Self>,
+    ) {
         // Ephemeral and throttled: a repeat of the same state within the interval is dropped.
         let now = Instant::now();
         let interval = Duration::from_millis(self.node.config.limits.typing_interval_ms);
@@ -398,9 +422,18 @@ impl Session {
         }));
     }
 
-    fn on_presence_subscribe(&mut self, user: UserId, id: Option<String>, user_ids: Vec<UserId>, ctx: &mut Context<Self>) {
+    fn on_presence_subscribe(
+        &mut self,
+        user: UserId,
+        id: Option<String>,
+        user_ids: Vec<UserId>,
+        ctx: &mut Context<Self>,
+    ) {
         if user_ids.len() > PRESENCE_SUBSCRIBE_MAX {
-            let e = Error::new(ErrorCode::TooLarge, format!("at most {PRESENCE_SUBSCRIBE_MAX} users per subscribe"));
+            let e = Error::new(
+                ErrorCode::TooLarge,
+                format!("at most {PRESENCE_SUBSCRIBE_MAX} users per subscribe"),
+            );
             self.push_error(id, &e, ctx);
             return;
         }
@@ -430,7 +463,13 @@ impl Session {
         }));
     }
 
-    fn push_live(&mut self, conversation_id: ConversationId, seq: u64, text: ByteString, ctx: &mut Context<Self>) {
+    fn push_live(
+        &mut self,
+        conversation_id: ConversationId,
+        seq: u64,
+        text: ByteString,
+        ctx: &mut Context<Self>,
+    ) {
         let pushed = self.pushed.entry(conversation_id).or_default();
         if seq <= *pushed {
             return;
@@ -447,6 +486,7 @@ impl Actor for Session {
         let heartbeat = Duration::from_millis(self.node.config.websocket.heartbeat_ms);
         ctx.run_interval(heartbeat, move |act, ctx| {
             if act.last_heard.elapsed() > heartbeat * 3 {
+                tracing::info!(session = act.id, "idle connection closed (no pong for three heartbeats)");
                 act.close(close_code::IDLE_TIMEOUT, "no pong for three heartbeats", ctx);
             } else if !act.closing {
                 match act.out.try_send(Outbound::Ping) {
@@ -501,7 +541,9 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Session {
             Err(ProtocolError::Overflow) => {
                 self.close(close_code::TOO_BIG, "frame too big", ctx);
             }
-            Err(ProtocolError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData || e.to_string().contains("size") => {
+            Err(ProtocolError::Io(e))
+                if e.kind() == std::io::ErrorKind::InvalidData || e.to_string().contains("size") =>
+            {
                 self.close(close_code::TOO_BIG, "message too big", ctx);
             }
             Err(e) => {

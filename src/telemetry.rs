@@ -82,16 +82,60 @@ impl Metrics {
             let v = c.load(Ordering::Relaxed);
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
         };
-        gauge(&mut out, "switchboard_connections", "Open WebSocket connections.", self.connections_open.load(Ordering::Relaxed));
-        counter(&mut out, "switchboard_connections_total", "WebSocket connections accepted.", &self.connections_total);
-        counter(&mut out, "switchboard_messages_stored_total", "Messages durably stored (acked as sent).", &self.messages_stored_total);
-        counter(&mut out, "switchboard_messages_duplicate_total", "Sends answered from an earlier store (client_msg_id retries).", &self.messages_duplicate_total);
+        gauge(
+            &mut out,
+            "switchboard_connections",
+            "Open WebSocket connections.",
+            self.connections_open.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "switchboard_connections_total",
+            "WebSocket connections accepted.",
+            &self.connections_total,
+        );
+        counter(
+            &mut out,
+            "switchboard_messages_stored_total",
+            "Messages durably stored (acked as sent).",
+            &self.messages_stored_total,
+        );
+        counter(
+            &mut out,
+            "switchboard_messages_duplicate_total",
+            "Sends answered from an earlier store (client_msg_id retries).",
+            &self.messages_duplicate_total,
+        );
         counter(&mut out, "switchboard_frames_in_total", "Client frames received.", &self.frames_in_total);
-        counter(&mut out, "switchboard_frames_out_total", "Frames written to client sockets.", &self.frames_out_total);
-        counter(&mut out, "switchboard_errors_sent_total", "Error frames sent to clients.", &self.errors_sent_total);
-        counter(&mut out, "switchboard_slow_consumers_closed_total", "Connections closed because the client did not read.", &self.slow_consumers_closed_total);
-        counter(&mut out, "switchboard_group_commits_total", "Durable message batches written.", &self.group_commits_total);
-        self.store_append_seconds.render(&mut out, "switchboard_store_append_seconds", "Latency of one durable batch append.");
+        counter(
+            &mut out,
+            "switchboard_frames_out_total",
+            "Frames written to client sockets.",
+            &self.frames_out_total,
+        );
+        counter(
+            &mut out,
+            "switchboard_errors_sent_total",
+            "Error frames sent to clients.",
+            &self.errors_sent_total,
+        );
+        counter(
+            &mut out,
+            "switchboard_slow_consumers_closed_total",
+            "Connections closed because the client did not read.",
+            &self.slow_consumers_closed_total,
+        );
+        counter(
+            &mut out,
+            "switchboard_group_commits_total",
+            "Durable message batches written.",
+            &self.group_commits_total,
+        );
+        self.store_append_seconds.render(
+            &mut out,
+            "switchboard_store_append_seconds",
+            "Latency of one durable batch append.",
+        );
         out
     }
 }

@@ -59,7 +59,11 @@ pub async fn me(node: NodeData, who: Authenticated) -> ApiResult<HttpResponse> {
     Ok(HttpResponse::Ok().json(UserReply { user_id: user.id, username: user.username }))
 }
 
-pub async fn user_by_name(node: NodeData, _: Authenticated, name: web::Path<String>) -> ApiResult<HttpResponse> {
+pub async fn user_by_name(
+    node: NodeData,
+    _: Authenticated,
+    name: web::Path<String>,
+) -> ApiResult<HttpResponse> {
     let user = node.accounts.user_by_name(&name).await?.ok_or_else(|| Error::not_found("no such user"))?;
     Ok(HttpResponse::Ok().json(UserReply { user_id: user.id, username: user.username }))
 }

@@ -17,7 +17,11 @@ pub struct DirectRequest {
     user_id: UserId,
 }
 
-pub async fn open_direct(node: NodeData, who: Authenticated, body: web::Json<DirectRequest>) -> ApiResult<HttpResponse> {
+pub async fn open_direct(
+    node: NodeData,
+    who: Authenticated,
+    body: web::Json<DirectRequest>,
+) -> ApiResult<HttpResponse> {
     let peer = body.user_id;
     if node.accounts.user(peer).await?.is_none() {
         return Err(Error::not_found("no such user").into());

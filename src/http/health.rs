@@ -20,7 +20,5 @@ pub async fn readyz(node: NodeData) -> HttpResponse {
 }
 
 pub async fn metrics(node: NodeData) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(node.metrics.render())
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(node.metrics.render())
 }

@@ -28,12 +28,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         };
         ApiError(Error::new(code, err.to_string())).into()
     }))
-    .app_data(web::PathConfig::default().error_handler(|err, _| {
-        ApiError(Error::new(ErrorCode::NotFound, err.to_string())).into()
-    }))
-    .app_data(web::QueryConfig::default().error_handler(|err, _| {
-        ApiError(Error::bad_request(err.to_string())).into()
-    }))
+    .app_data(
+        web::PathConfig::default()
+            .error_handler(|err, _| ApiError(Error::new(ErrorCode::NotFound, err.to_string())).into()),
+    )
+    .app_data(
+        web::QueryConfig::default()
+            .error_handler(|err, _| ApiError(Error::bad_request(err.to_string())).into()),
+    )
     .route("/healthz", web::get().to(health::healthz))
     .route("/readyz", web::get().to(health::readyz))
     .route("/metrics", web::get().to(health::metrics))

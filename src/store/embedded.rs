@@ -94,9 +94,7 @@ fn pair_key(a: UserId, b: UserId) -> [u8; 32] {
 }
 
 fn id_suffix(key: &[u8]) -> StoreResult<[u8; 16]> {
-    key.get(16..32)
-        .and_then(|s| s.try_into().ok())
-        .ok_or_else(|| StoreError::Corrupt("short key".into()))
+    key.get(16..32).and_then(|s| s.try_into().ok()).ok_or_else(|| StoreError::Corrupt("short key".into()))
 }
 
 impl EmbeddedStore {
@@ -339,17 +337,15 @@ impl ChatStore for EmbeddedStore {
     }
 
     async fn last_seq(&self, id: ConversationId) -> StoreResult<u64> {
-        self.blocking(move |s| {
-            match s.messages.prefix(id.as_bytes()).next_back() {
-                None => Ok(0),
-                Some(guard) => {
-                    let key = guard.key().map_err(unavailable)?;
-                    let seq: [u8; 8] = key
-                        .get(16..24)
-                        .and_then(|b| b.try_into().ok())
-                        .ok_or_else(|| StoreError::Corrupt("short message key".into()))?;
-                    Ok(u64::from_be_bytes(seq))
-                }
+        self.blocking(move |s| match s.messages.prefix(id.as_bytes()).next_back() {
+            None => Ok(0),
+            Some(guard) => {
+                let key = guard.key().map_err(unavailable)?;
+                let seq: [u8; 8] = key
+                    .get(16..24)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| StoreError::Corrupt("short message key".into()))?;
+                Ok(u64::from_be_bytes(seq))
             }
         })
         .await
@@ -389,9 +385,8 @@ impl ChatStore for EmbeddedStore {
             let Some(seq) = s.client_ids.get(key).map_err(unavailable)? else {
                 return Ok(None);
             };
-            let seq: [u8; 8] = seq[..]
-                .try_into()
-                .map_err(|_| StoreError::Corrupt("bad client id row".into()))?;
+            let seq: [u8; 8] =
+                seq[..].try_into().map_err(|_| StoreError::Corrupt("bad client id row".into()))?;
             s.message(conversation, u64::from_be_bytes(seq))
         })
         .await
@@ -442,10 +437,8 @@ impl ChatStore for EmbeddedStore {
             let Some(current) = s.get::<Watermarks>(&s.members, &key)? else {
                 return Ok(None);
             };
-            let target = Watermarks {
-                delivered_seq: to.delivered_seq.max(to.read_seq),
-                read_seq: to.read_seq,
-            };
+            let target =
+                Watermarks { delivered_seq: to.delivered_seq.max(to.read_seq), read_seq: to.read_seq };
             let next = current.merge(target);
             if next == current {
                 return Ok(Some((current, false)));

@@ -58,7 +58,12 @@ impl PresenceStore for MemoryPresence {
         let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
         users.insert(
             user,
-            Entry { node: Some(node.to_owned()), online: true, heartbeat_at: at, expires_at: at + INITIAL_TTL_MS },
+            Entry {
+                node: Some(node.to_owned()),
+                online: true,
+                heartbeat_at: at,
+                expires_at: at + INITIAL_TTL_MS,
+            },
         );
         Ok(())
     }

@@ -1,0 +1,287 @@
+//! Test harness: `Server` runs the real binary (port 0, its own data dir, env overrides);
+//! `Api` speaks REST; `Ws` is a WebSocket client with typed waits.
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const PASSWORD: &str = "correct horse battery";
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A running `switchboard serve` process.
+pub struct Server {
+    child: Child,
+    pub addr: String,
+    pub dir: Arc<tempfile::TempDir>,
+}
+
+impl Server {
+    /// A fresh node with its own data dir.
+    pub async fn start() -> Server {
+        Server::start_with(Arc::new(tempfile::tempdir().unwrap()), &[]).await
+    }
+
+    pub async fn start_env(env: &[(&str, &str)]) -> Server {
+        Server::start_with(Arc::new(tempfile::tempdir().unwrap()), env).await
+    }
+
+    /// A node on `dir` (reuse it to restart on the same data).
+    pub async fn start_with(dir: Arc<tempfile::TempDir>, env: &[(&str, &str)]) -> Server {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("server.log"))
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        cmd.arg("serve")
+            .env("SWITCHBOARD_HTTP_ADDR", "127.0.0.1:0")
+            .env("SWITCHBOARD_DATA_DIR", dir.path().join("data"))
+            .env("SWITCHBOARD_WORKERS", "2")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start switchboard");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("server did not start in time")
+            .unwrap()
+            .unwrap_or_else(|| panic!("server exited: {}", read_log(dir.path())));
+        let addr = first
+            .strip_prefix("switchboard listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+            .to_owned();
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Server { child, addr, dir }
+    }
+
+    pub fn api(&self) -> Api {
+        Api { base: format!("http://{}", self.addr), http: reqwest::Client::new() }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/v1/ws", self.addr)
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub async fn kill9(&mut self) {
+        self.child.kill().await.unwrap();
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("running") as i32;
+        std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("exit after SIGTERM")
+            .unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        read_log(self.dir.path())
+    }
+}
+
+fn read_log(dir: &Path) -> String {
+    std::fs::read_to_string(PathBuf::from(dir).join("server.log")).unwrap_or_default()
+}
+
+/// A registered user with one device token.
+#[derive(Clone, Debug)]
+pub struct Account {
+    pub username: String,
+    pub user_id: String,
+    pub device_id: String,
+    pub token: String,
+}
+
+impl Account {
+    fn from_reply(v: &Value) -> Account {
+        Account {
+            username: v["username"].as_str().unwrap().to_owned(),
+            user_id: v["user_id"].as_str().unwrap().to_owned(),
+            device_id: v["device_id"].as_str().unwrap().to_owned(),
+            token: v["token"].as_str().unwrap().to_owned(),
+        }
+    }
+}
+
+pub struct Api {
+    pub base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        let mut req = self.http.post(format!("{}{path}", self.base)).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let resp = self.http.get(format!("{}{path}", self.base)).send().await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    pub async fn register(&self, username: &str) -> Account {
+        let (status, v) =
+            self.post("/v1/register", None, json!({"username": username, "password": PASSWORD})).await;
+        assert_eq!(status, 201, "register {username}: {v}");
+        Account::from_reply(&v)
+    }
+
+    /// A new device of an existing user.
+    pub async fn login(&self, username: &str) -> Account {
+        let (status, v) =
+            self.post("/v1/login", None, json!({"username": username, "password": PASSWORD})).await;
+        assert_eq!(status, 200, "login {username}: {v}");
+        Account::from_reply(&v)
+    }
+
+    /// The direct conversation of `a` with `b`.
+    pub async fn direct(&self, a: &Account, b: &Account) -> String {
+        let (status, v) =
+            self.post("/v1/conversations/direct", Some(&a.token), json!({"user_id": b.user_id})).await;
+        assert_eq!(status, 200, "{v}");
+        v["conversation_id"].as_str().unwrap().to_owned()
+    }
+}
+
+/// A WebSocket client.
+pub struct Ws {
+    stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub welcome: Value,
+}
+
+impl Ws {
+    /// Connects with the token in the upgrade header and waits for `welcome`.
+    pub async fn connect(server: &Server, account: &Account) -> Ws {
+        let mut request = server.ws_url().into_client_request().unwrap();
+        request.headers_mut().insert("Authorization", format!("Bearer {}", account.token).parse().unwrap());
+        let (stream, _) = tokio_tungstenite::connect_async(request).await.expect("ws connect");
+        let mut ws = Ws { stream, welcome: Value::Null };
+        ws.welcome = ws.expect("welcome").await;
+        ws
+    }
+
+    /// Connects without credentials (the first frame must be `auth`).
+    pub async fn connect_anonymous(server: &Server) -> Ws {
+        let (stream, _) = tokio_tungstenite::connect_async(server.ws_url()).await.expect("ws connect");
+        Ws { stream, welcome: Value::Null }
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.stream.send(Message::text(frame.to_string())).await.unwrap();
+    }
+
+    pub async fn send_raw(&mut self, message: Message) {
+        self.stream.send(message).await.unwrap();
+    }
+
+    /// The next text frame as JSON, `None` on close or after `wait`.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.stream.next()).await.ok()??;
+            match next {
+                Ok(Message::Text(t)) => return Some(serde_json::from_str(&t).expect("server sent JSON")),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    pub async fn next(&mut self) -> Value {
+        self.next_within(WAIT).await.expect("expected a frame")
+    }
+
+    /// The next frame of this type; frames of other types in between are skipped.
+    pub async fn expect(&mut self, kind: &str) -> Value {
+        loop {
+            let frame = self.next_within(WAIT).await.unwrap_or_else(|| panic!("expected a {kind} frame"));
+            if frame["type"] == kind {
+                return frame;
+            }
+        }
+    }
+
+    /// Asserts no frame of this type arrives within `wait`.
+    pub async fn expect_none(&mut self, kind: &str, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Some(frame) =
+            self.next_within(deadline.saturating_duration_since(tokio::time::Instant::now())).await
+        {
+            assert_ne!(frame["type"], kind, "unexpected frame {frame}");
+        }
+    }
+
+    /// Sends `ping` and waits for its `pong`: the connection is alive and every frame sent
+    /// before has been handled.
+    pub async fn roundtrip(&mut self) {
+        self.send(json!({"type": "ping", "id": "rt"})).await;
+        let pong = self.expect("pong").await;
+        assert_eq!(pong["id"], "rt");
+    }
+
+    /// Waits for the server's close frame, skipping data frames.
+    pub async fn closed(&mut self) -> Option<CloseFrame> {
+        loop {
+            match tokio::time::timeout(WAIT, self.stream.next()).await.expect("expected close") {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => {
+                    eprintln!("websocket ended without a close frame: {e}");
+                    return None;
+                }
+                None => return None,
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.stream.close(None).await;
+    }
+
+    /// Sends a message and waits for its `sent`.
+    pub async fn send_message(&mut self, conversation: &str, client_msg_id: &str, body: &str) -> Value {
+        self.send(json!({"type":"send","id":client_msg_id,"conversation_id":conversation,"client_msg_id":client_msg_id,"body":body})).await;
+        let sent = self.expect("sent").await;
+        assert_eq!(sent["client_msg_id"], client_msg_id);
+        sent
+    }
+}
+
+pub fn close_code(frame: &Option<CloseFrame>) -> u16 {
+    frame.as_ref().map(|f| u16::from(f.code)).unwrap_or(0)
+}

@@ -1,0 +1,19 @@
+//! The one integration-test binary. Modules:
+//! - `harness`: starts the real `switchboard` binary on port 0 with its own data dir; REST and
+//!   WebSocket clients.
+//! - `chat`: end-to-end delivery, sync, devices, receipts, presence, typing, idempotency.
+//! - `bad_input`: every bad input yields its error code or close code.
+//! - `restart`: SIGKILL and SIGTERM: nothing acked is lost, seq continues gaplessly.
+//! - `store_conformance`: one suite against every `AccountStore`/`ChatStore` backend.
+//! - `presence_conformance`: the `PresenceStore` contract.
+//! - `config_file`: the shipped config is valid and equals the defaults.
+//! - `tidy`: repository rules (module headers, the CI command matches the README).
+
+mod bad_input;
+mod chat;
+mod config_file;
+mod harness;
+mod presence_conformance;
+mod restart;
+mod store_conformance;
+mod tidy;

@@ -1,0 +1,230 @@
+//! The storage contract: every case runs against every backend of `AccountStore` and
+//! `ChatStore`. Today that is the embedded store; the Cassandra backend joins `backends()`.
+
+use std::sync::Arc;
+use switchboard::model::*;
+use switchboard::store::embedded::EmbeddedStore;
+use switchboard::store::{AccountStore, ChatStore, StoreError};
+
+/// A backend under test, with whatever keeps its storage alive.
+pub struct Backend {
+    pub name: &'static str,
+    pub accounts: Arc<dyn AccountStore>,
+    pub chat: Arc<dyn ChatStore>,
+    _keep: Box<dyn std::any::Any + Send>,
+}
+
+/// One fresh, empty instance of every backend.
+pub fn backends() -> Vec<Backend> {
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    vec![Backend { name: "embedded", accounts: embedded.clone(), chat: embedded, _keep: Box::new(dir) }]
+}
+
+fn user(name: &str) -> User {
+    User { id: UserId::generate(), username: name.into(), created_at: now_millis() }
+}
+
+fn direct(a: UserId, b: UserId) -> Conversation {
+    Conversation {
+        id: ConversationId::generate(),
+        kind: ConversationKind::Direct,
+        title: None,
+        members: vec![a.min(b), a.max(b)],
+        wrapped_key: vec![7; 72],
+        created_at: now_millis(),
+    }
+}
+
+fn message(c: ConversationId, author: UserId, seq: u64, client_msg_id: &str) -> StoredMessage {
+    StoredMessage {
+        conversation_id: c,
+        seq,
+        message_id: MessageId::generate(),
+        author_id: author,
+        device_id: DeviceId::generate(),
+        client_msg_id: client_msg_id.into(),
+        kind: MessageKind::Text,
+        sealed_body: format!("sealed {seq}").into_bytes(),
+        ts: now_millis(),
+        attachments: vec![],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_are_unique_case_insensitively() {
+    for b in backends() {
+        let alice = user("Alice");
+        b.accounts.create_user(&alice, "phc-1").await.unwrap();
+        assert_eq!(b.accounts.user(alice.id).await.unwrap().as_ref(), Some(&alice), "{}", b.name);
+        assert_eq!(b.accounts.user_by_name("alice").await.unwrap().as_ref(), Some(&alice), "{}", b.name);
+        assert_eq!(b.accounts.password_hash(alice.id).await.unwrap().as_deref(), Some("phc-1"));
+        let again = user("ALICE");
+        assert!(
+            matches!(b.accounts.create_user(&again, "phc-2").await, Err(StoreError::Conflict(_))),
+            "{}",
+            b.name
+        );
+        assert_eq!(b.accounts.user(again.id).await.unwrap(), None);
+        assert_eq!(b.accounts.user_by_name("nobody").await.unwrap(), None);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_tokens_resolve_until_revoked() {
+    for b in backends() {
+        let alice = user("alice");
+        b.accounts.create_user(&alice, "phc").await.unwrap();
+        let device = Device {
+            id: DeviceId::generate(),
+            user_id: alice.id,
+            name: "phone".into(),
+            created_at: 1,
+            revoked: false,
+        };
+        let other = Device {
+            id: DeviceId::generate(),
+            user_id: alice.id,
+            name: "laptop".into(),
+            created_at: 2,
+            revoked: false,
+        };
+        b.accounts.create_device(&device, &[1; 32]).await.unwrap();
+        b.accounts.create_device(&other, &[2; 32]).await.unwrap();
+        assert_eq!(b.accounts.device_by_token(&[1; 32]).await.unwrap().as_ref(), Some(&device), "{}", b.name);
+        b.accounts.revoke_device(device.id).await.unwrap();
+        assert_eq!(b.accounts.device_by_token(&[1; 32]).await.unwrap(), None, "{}", b.name);
+        assert_eq!(b.accounts.device_by_token(&[2; 32]).await.unwrap().as_ref(), Some(&other));
+        assert_eq!(b.accounts.device_by_token(&[3; 32]).await.unwrap(), None);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_gets_one_direct_conversation_even_under_races() {
+    for b in backends() {
+        let (x, y) = (UserId::generate(), UserId::generate());
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let chat = b.chat.clone();
+            tasks.push(tokio::spawn(async move { chat.create_direct(&direct(x, y)).await.unwrap().id }));
+        }
+        let mut ids = Vec::new();
+        for t in tasks {
+            ids.push(t.await.unwrap());
+        }
+        ids.dedup();
+        assert_eq!(ids.len(), 1, "{}: {ids:?}", b.name);
+        let id = ids[0];
+        assert_eq!(b.chat.direct_between(y, x).await.unwrap(), Some(id));
+        assert_eq!(b.chat.direct_between(x, UserId::generate()).await.unwrap(), None);
+        let c = b.chat.conversation(id).await.unwrap().unwrap();
+        assert_eq!(c.kind, ConversationKind::Direct);
+        assert_eq!(c.wrapped_key, vec![7; 72]);
+        let mut members: Vec<UserId> =
+            b.chat.members(id).await.unwrap().into_iter().map(|m| m.user_id).collect();
+        members.sort();
+        assert_eq!(members, vec![x.min(y), x.max(y)]);
+        assert!(b.chat.members(id).await.unwrap().iter().all(|m| m.watermarks == Watermarks::default()));
+        assert_eq!(b.chat.user_conversations(x).await.unwrap(), vec![id]);
+        assert_eq!(b.chat.user_conversations(y).await.unwrap(), vec![id]);
+        assert_eq!(b.chat.last_seq(id).await.unwrap(), 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appended_messages_page_both_ways_per_conversation() {
+    for b in backends() {
+        let (x, y, z) = (UserId::generate(), UserId::generate(), UserId::generate());
+        let c1 = b.chat.create_direct(&direct(x, y)).await.unwrap().id;
+        let c2 = b.chat.create_direct(&direct(x, z)).await.unwrap().id;
+        // One batch spanning two conversations, then more batches.
+        let mut batch: Vec<StoredMessage> = (1..=3).map(|s| message(c1, x, s, &format!("a{s}"))).collect();
+        batch.push(message(c2, z, 1, "z1"));
+        b.chat.append(&batch).await.unwrap();
+        let rest: Vec<StoredMessage> = (4..=10).map(|s| message(c1, y, s, &format!("b{s}"))).collect();
+        b.chat.append(&rest).await.unwrap();
+
+        assert_eq!(b.chat.last_seq(c1).await.unwrap(), 10, "{}", b.name);
+        assert_eq!(b.chat.last_seq(c2).await.unwrap(), 1);
+        let seqs = |v: Vec<StoredMessage>| v.into_iter().map(|m| m.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(b.chat.messages_after(c1, 0, 4).await.unwrap()), [1, 2, 3, 4]);
+        assert_eq!(seqs(b.chat.messages_after(c1, 8, 100).await.unwrap()), [9, 10]);
+        assert_eq!(seqs(b.chat.messages_after(c1, 10, 100).await.unwrap()), Vec::<u64>::new());
+        assert_eq!(seqs(b.chat.messages_before(c1, 6, 3).await.unwrap()), [3, 4, 5]);
+        assert_eq!(seqs(b.chat.messages_before(c1, u64::MAX, 2).await.unwrap()), [9, 10]);
+        assert_eq!(seqs(b.chat.messages_before(c1, 1, 5).await.unwrap()), Vec::<u64>::new());
+        assert_eq!(seqs(b.chat.messages_after(c2, 0, 100).await.unwrap()), [1]);
+        let stored = b.chat.messages_after(c1, 4, 1).await.unwrap().remove(0);
+        assert_eq!(stored, rest[1]);
+
+        let found = b.chat.message_by_client_id(c1, y, "b7").await.unwrap().unwrap();
+        assert_eq!(found.seq, 7);
+        assert_eq!(
+            b.chat.message_by_client_id(c1, x, "b7").await.unwrap(),
+            None,
+            "client ids are per author"
+        );
+        assert_eq!(b.chat.message_by_client_id(c2, y, "b7").await.unwrap(), None, "and per conversation");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watermarks_never_regress() {
+    for b in backends() {
+        let (x, y) = (UserId::generate(), UserId::generate());
+        let c = b.chat.create_direct(&direct(x, y)).await.unwrap().id;
+        let up = |d, r| Watermarks { delivered_seq: d, read_seq: r };
+        assert_eq!(
+            b.chat.advance_watermarks(c, x, up(5, 0)).await.unwrap(),
+            Some((up(5, 0), true)),
+            "{}",
+            b.name
+        );
+        // A read implies delivered.
+        assert_eq!(b.chat.advance_watermarks(c, x, up(0, 7)).await.unwrap(), Some((up(7, 7), true)));
+        // Out of order, lower: nothing changes.
+        assert_eq!(b.chat.advance_watermarks(c, x, up(3, 2)).await.unwrap(), Some((up(7, 7), false)));
+        assert_eq!(b.chat.advance_watermarks(c, x, up(9, 0)).await.unwrap(), Some((up(9, 7), true)));
+        let mine = b.chat.members(c).await.unwrap().into_iter().find(|m| m.user_id == x).unwrap();
+        assert_eq!(mine.watermarks, up(9, 7));
+        let theirs = b.chat.members(c).await.unwrap().into_iter().find(|m| m.user_id == y).unwrap();
+        assert_eq!(theirs.watermarks, up(0, 0));
+        assert_eq!(b.chat.advance_watermarks(c, UserId::generate(), up(1, 1)).await.unwrap(), None);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_watermark_updates_keep_the_maximum() {
+    for b in backends() {
+        let (x, y) = (UserId::generate(), UserId::generate());
+        let c = b.chat.create_direct(&direct(x, y)).await.unwrap().id;
+        let mut tasks = Vec::new();
+        for seq in (1..=50u64).rev() {
+            let chat = b.chat.clone();
+            tasks.push(tokio::spawn(async move {
+                chat.advance_watermarks(c, x, Watermarks { delivered_seq: seq, read_seq: seq }).await.unwrap()
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let mine = b.chat.members(c).await.unwrap().into_iter().find(|m| m.user_id == x).unwrap();
+        assert_eq!(mine.watermarks, Watermarks { delivered_seq: 50, read_seq: 50 }, "{}", b.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_store_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (x, y) = (UserId::generate(), UserId::generate());
+    let c;
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        c = store.create_direct(&direct(x, y)).await.unwrap().id;
+        store.append(&[message(c, x, 1, "one"), message(c, x, 2, "two")]).await.unwrap();
+    }
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(store.last_seq(c).await.unwrap(), 2);
+    assert_eq!(store.message_by_client_id(c, x, "two").await.unwrap().unwrap().seq, 2);
+    assert_eq!(store.direct_between(x, y).await.unwrap(), Some(c));
+}
