@@ -565,6 +565,11 @@ impl Handler<SessionEvent> for Session {
         match event {
             SessionEvent::Message { conversation_id, seq, text } => {
                 if self.syncs_in_flight > 0 {
+                    // Held frames count against the same bound as queued ones.
+                    if self.held.len() >= self.node.config.websocket.outbound_queue as usize {
+                        self.slow_consumer(ctx);
+                        return;
+                    }
                     self.held.push((conversation_id, seq, text));
                 } else {
                     self.push_live(conversation_id, seq, text, ctx);
