@@ -7,7 +7,7 @@
 //! drained batch becomes one durable append (many messages per fsync).
 
 use crate::accounts::Identity;
-use crate::conversations::Conversations;
+use crate::conversations::{ConversationInfo, Conversations};
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::{
     ConversationId, MessageId, MessageKind, Millis, StoredMessage, UserId, Watermarks, now_millis,
@@ -118,14 +118,30 @@ pub struct Owner {
     last_seq: HashMap<ConversationId, u64>,
 }
 
-/// A send that passed every check and awaits the batch append.
+type ClientKey = (ConversationId, UserId, String);
+
+/// A send from a member, not yet checked against the store.
+struct Candidate {
+    send: SendRequest,
+    info: Arc<ConversationInfo>,
+    /// The request's reply, then those of retries of the same client_msg_id in the batch.
+    replies: Vec<oneshot::Sender<Result<Sent>>>,
+}
+
+impl Candidate {
+    fn answer(self, result: Result<Sent>) {
+        for reply in self.replies {
+            let _ = reply.send(result.clone());
+        }
+    }
+}
+
+/// A new message, sealed and with its seq reserved, awaiting the batch append.
 struct Accepted {
     message: StoredMessage,
     body: String,
     audience: Arc<[UserId]>,
-    reply: oneshot::Sender<Result<Sent>>,
-    /// Retries of the same client_msg_id that arrived in the same batch.
-    twins: Vec<oneshot::Sender<Result<Sent>>>,
+    replies: Vec<oneshot::Sender<Result<Sent>>>,
 }
 
 impl Owner {
@@ -158,10 +174,11 @@ impl Owner {
     }
 
     async fn process(&mut self, batch: &mut Vec<Request>) {
-        let mut accepted: Vec<Accepted> = Vec::new();
-        let mut index: HashMap<(ConversationId, UserId, String), usize> = HashMap::new();
         let mut flushes = Vec::new();
         let mut receipts = Vec::new();
+        // 1. Membership, and retries of one client_msg_id within the batch (twins).
+        let mut candidates: Vec<Candidate> = Vec::new();
+        let mut index: HashMap<ClientKey, usize> = HashMap::new();
         for request in batch.drain(..) {
             match request {
                 Request::Flush(reply) => flushes.push(reply),
@@ -171,17 +188,13 @@ impl Owner {
                 Request::Send(send, reply) => {
                     let key = (send.conversation_id, send.from.user_id, send.client_msg_id.clone());
                     if let Some(&i) = index.get(&key) {
-                        accepted[i].twins.push(reply);
+                        candidates[i].replies.push(reply);
                         continue;
                     }
-                    match self.accept(send).await {
-                        Ok(Err(already)) => {
-                            Metrics::inc(&self.metrics.messages_duplicate_total);
-                            let _ = reply.send(Ok(already));
-                        }
-                        Ok(Ok((message, body, audience))) => {
-                            index.insert(key, accepted.len());
-                            accepted.push(Accepted { message, body, audience, reply, twins: Vec::new() });
+                    match self.conversations.for_member(send.conversation_id, send.from.user_id).await {
+                        Ok(info) => {
+                            index.insert(key, candidates.len());
+                            candidates.push(Candidate { send, info, replies: vec![reply] });
                         }
                         Err(e) => {
                             let _ = reply.send(Err(e));
@@ -190,8 +203,39 @@ impl Owner {
                 }
             }
         }
-        if !accepted.is_empty() {
-            self.commit(accepted).await;
+        // 2. Idempotency against the store, one lookup for the whole batch.
+        if !candidates.is_empty() {
+            let keys: Vec<ClientKey> = candidates
+                .iter()
+                .map(|c| (c.send.conversation_id, c.send.from.user_id, c.send.client_msg_id.clone()))
+                .collect();
+            match self.store.messages_by_client_ids(&keys).await {
+                Ok(found) => {
+                    let mut accepted = Vec::with_capacity(candidates.len());
+                    for (candidate, stored) in candidates.into_iter().zip(found) {
+                        match stored {
+                            Some(stored) => {
+                                Metrics::inc(&self.metrics.messages_duplicate_total);
+                                candidate.answer(Ok(Sent::of(&stored)));
+                            }
+                            None => match self.accept(candidate).await {
+                                Ok(a) => accepted.push(a),
+                                Err((candidate, e)) => candidate.answer(Err(e)),
+                            },
+                        }
+                    }
+                    // 3. One durable append for everything new.
+                    if !accepted.is_empty() {
+                        self.commit(accepted).await;
+                    }
+                }
+                Err(e) => {
+                    let e: Error = e.into();
+                    for candidate in candidates {
+                        candidate.answer(Err(e.clone()));
+                    }
+                }
+            }
         }
         // After the commit, so a receipt is checked against stored seqs only.
         for (user, conversation_id, to, reply) in receipts {
@@ -202,22 +246,15 @@ impl Owner {
         }
     }
 
-    /// Checks a send; `Ok(Err(sent))` when it was stored before (a retry).
-    async fn accept(
-        &mut self,
-        send: SendRequest,
-    ) -> Result<std::result::Result<(StoredMessage, String, Arc<[UserId]>), Sent>> {
-        let info = self.conversations.for_member(send.conversation_id, send.from.user_id).await?;
-        if let Some(stored) = self
-            .store
-            .message_by_client_id(send.conversation_id, send.from.user_id, &send.client_msg_id)
-            .await?
-        {
-            return Ok(Err(Sent::of(&stored)));
-        }
-        let seq = self.last_seq_of(send.conversation_id).await? + 1;
+    /// Reserves the next seq and seals the body of a new message.
+    async fn accept(&mut self, c: Candidate) -> std::result::Result<Accepted, (Candidate, Error)> {
+        let seq = match self.last_seq_of(c.send.conversation_id).await {
+            Ok(last) => last + 1,
+            Err(e) => return Err((c, e)),
+        };
         // Reserve the seq; `commit` rolls back reservations of a failed batch.
-        self.last_seq.insert(send.conversation_id, seq);
+        self.last_seq.insert(c.send.conversation_id, seq);
+        let Candidate { send, info, replies } = c;
         let message = StoredMessage {
             conversation_id: send.conversation_id,
             seq,
@@ -230,7 +267,7 @@ impl Owner {
             ts: now_millis(),
             attachments: send.attachments,
         };
-        Ok(Ok((message, send.body, info.members.clone())))
+        Ok(Accepted { message, body: send.body, audience: info.members.clone(), replies })
     }
 
     /// The conversation's highest seq: stored, or reserved by the batch being built.
@@ -254,9 +291,8 @@ impl Owner {
                 for a in accepted {
                     Metrics::inc(&self.metrics.messages_stored_total);
                     let sent = Sent::of(&a.message);
-                    let _ = a.reply.send(Ok(sent.clone()));
-                    for twin in a.twins {
-                        let _ = twin.send(Ok(sent.clone()));
+                    for reply in a.replies {
+                        let _ = reply.send(Ok(sent.clone()));
                     }
                     self.publish(a.message, a.body, a.audience);
                 }
@@ -267,9 +303,8 @@ impl Owner {
                 for a in accepted {
                     // Forget the reservation: the next send reloads last_seq from the store.
                     self.last_seq.remove(&a.message.conversation_id);
-                    let _ = a.reply.send(Err(error.clone()));
-                    for twin in a.twins {
-                        let _ = twin.send(Err(error.clone()));
+                    for reply in a.replies {
+                        let _ = reply.send(Err(error.clone()));
                     }
                 }
             }

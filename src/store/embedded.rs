@@ -154,6 +154,17 @@ impl Inner {
         self.get(&self.messages, &message_key(conversation, seq))
     }
 
+    fn by_client_id(&self, key: &(ConversationId, UserId, String)) -> StoreResult<Option<StoredMessage>> {
+        let (conversation, author, client_msg_id) = key;
+        let Some(seq) =
+            self.client_ids.get(client_id_key(*conversation, *author, client_msg_id)).map_err(unavailable)?
+        else {
+            return Ok(None);
+        };
+        let seq: [u8; 8] = seq[..].try_into().map_err(|_| StoreError::Corrupt("bad client id row".into()))?;
+        self.message(*conversation, u64::from_be_bytes(seq))
+    }
+
     fn scan_messages(
         &self,
         range: (std::ops::Bound<[u8; 24]>, std::ops::Bound<[u8; 24]>),
@@ -380,16 +391,16 @@ impl ChatStore for EmbeddedStore {
         author: UserId,
         client_msg_id: &str,
     ) -> StoreResult<Option<StoredMessage>> {
-        let key = client_id_key(conversation, author, client_msg_id);
-        self.blocking(move |s| {
-            let Some(seq) = s.client_ids.get(key).map_err(unavailable)? else {
-                return Ok(None);
-            };
-            let seq: [u8; 8] =
-                seq[..].try_into().map_err(|_| StoreError::Corrupt("bad client id row".into()))?;
-            s.message(conversation, u64::from_be_bytes(seq))
-        })
-        .await
+        let key = (conversation, author, client_msg_id.to_owned());
+        self.blocking(move |s| s.by_client_id(&key)).await
+    }
+
+    async fn messages_by_client_ids(
+        &self,
+        keys: &[(ConversationId, UserId, String)],
+    ) -> StoreResult<Vec<Option<StoredMessage>>> {
+        let keys = keys.to_vec();
+        self.blocking(move |s| keys.iter().map(|k| s.by_client_id(k)).collect()).await
     }
 
     async fn messages_after(

@@ -70,6 +70,18 @@ pub trait ChatStore: Send + Sync + 'static {
         author: UserId,
         client_msg_id: &str,
     ) -> StoreResult<Option<StoredMessage>>;
+    /// `message_by_client_id` for many keys at once, answers in the same order. Backends
+    /// override it to look them up in one round trip.
+    async fn messages_by_client_ids(
+        &self,
+        keys: &[(ConversationId, UserId, String)],
+    ) -> StoreResult<Vec<Option<StoredMessage>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for (conversation, author, client_msg_id) in keys {
+            out.push(self.message_by_client_id(*conversation, *author, client_msg_id).await?);
+        }
+        Ok(out)
+    }
     /// Up to `limit` messages with seq > `after`, ascending.
     async fn messages_after(
         &self,

@@ -165,6 +165,10 @@ async fn appended_messages_page_both_ways_per_conversation() {
             "client ids are per author"
         );
         assert_eq!(b.chat.message_by_client_id(c2, y, "b7").await.unwrap(), None, "and per conversation");
+        let keys = [(c1, y, "b7".to_string()), (c1, x, "zz".to_string()), (c2, z, "z1".to_string())];
+        let found = b.chat.messages_by_client_ids(&keys).await.unwrap();
+        let found: Vec<Option<u64>> = found.iter().map(|m| m.as_ref().map(|m| m.seq)).collect();
+        assert_eq!(found, [Some(7), None, Some(1)], "{}", b.name);
     }
 }
 
