@@ -5,14 +5,6 @@ use crate::harness::*;
 use serde_json::json;
 use std::time::Duration;
 
-async fn pair(server: &Server) -> (Api, Account, Account, String) {
-    let api = server.api();
-    let alice = api.register("alice").await;
-    let bob = api.register("bob").await;
-    let conversation = api.direct(&alice, &bob).await;
-    (api, alice, bob, conversation)
-}
-
 #[tokio::test]
 async fn message_reaches_online_peer_after_sent_ack() {
     let server = Server::start().await;

@@ -282,6 +282,15 @@ impl Ws {
     }
 }
 
+/// alice and bob, registered, with their direct conversation.
+pub async fn pair(server: &Server) -> (Api, Account, Account, String) {
+    let api = server.api();
+    let alice = api.register("alice").await;
+    let bob = api.register("bob").await;
+    let conversation = api.direct(&alice, &bob).await;
+    (api, alice, bob, conversation)
+}
+
 pub fn close_code(frame: &Option<CloseFrame>) -> u16 {
     frame.as_ref().map(|f| u16::from(f.code)).unwrap_or(0)
 }

@@ -10,10 +10,7 @@ use std::sync::Arc;
 async fn sigkill_loses_nothing_acked_and_seq_stays_gapless() {
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let mut server = Server::start_with(dir.clone(), &[]).await;
-    let api = server.api();
-    let alice = api.register("alice").await;
-    let bob = api.register("bob").await;
-    let conversation = api.direct(&alice, &bob).await;
+    let (_api, alice, bob, conversation) = pair(&server).await;
     let mut a = Ws::connect(&server, &alice).await;
 
     // Pipeline 200 sends, kill the server after about half are acked.
@@ -64,7 +61,7 @@ async fn sigkill_loses_nothing_acked_and_seq_stays_gapless() {
     }
 
     // The client retries everything it holds no ack for: each is stored exactly once.
-    let mut a = Ws::connect(&server, &login_again(&api, &alice).await).await;
+    let mut a = Ws::connect(&server, &api.login(&alice.username).await).await;
     let last = stored.len() as u64;
     let mut next = last;
     for i in 0..200 {
@@ -91,18 +88,11 @@ async fn sigkill_loses_nothing_acked_and_seq_stays_gapless() {
     assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
 }
 
-async fn login_again(api: &Api, account: &Account) -> Account {
-    api.login(&account.username).await
-}
-
 #[tokio::test]
 async fn sigterm_drains_with_1001_and_keeps_data() {
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let mut server = Server::start_with(dir.clone(), &[]).await;
-    let api = server.api();
-    let alice = api.register("alice").await;
-    let bob = api.register("bob").await;
-    let conversation = api.direct(&alice, &bob).await;
+    let (_api, alice, bob, conversation) = pair(&server).await;
     let mut a = Ws::connect(&server, &alice).await;
     let mut b = Ws::connect(&server, &bob).await;
     a.send_message(&conversation, "before", "before shutdown").await;
