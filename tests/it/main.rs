@@ -2,6 +2,7 @@
 //! - `harness`: starts the real `switchboard` binary on port 0 with its own data dir; REST and
 //!   WebSocket clients.
 //! - `chat`: end-to-end delivery, sync, devices, receipts, presence, typing, idempotency.
+//! - `bench_smoke`: the load generator's quick run, so it cannot rot.
 //! - `bad_input`: every bad input yields its error code or close code.
 //! - `restart`: SIGKILL and SIGTERM: nothing acked is lost, seq continues gaplessly.
 //! - `store_conformance`: one suite against every `AccountStore`/`ChatStore` backend.
@@ -10,6 +11,7 @@
 //! - `tidy`: repository rules (module headers, the CI command matches the README).
 
 mod bad_input;
+mod bench_smoke;
 mod chat;
 mod config_file;
 mod harness;

@@ -1,0 +1,315 @@
+//! The system under test: starting switchboard or Centrifugo pinned to a core, reading its CPU
+//! time and memory from /proc, and the two wire protocols (what a send, an ack and a delivery
+//! look like in each).
+
+use crate::Failure;
+use crate::ws::Socket;
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Switchboard,
+    Centrifugo,
+}
+
+/// A running server process.
+pub struct Sut {
+    pub kind: Kind,
+    child: Child,
+    pub pid: u32,
+    pub http: String,
+    pub ws_url: String,
+    pub version: String,
+}
+
+fn proc_file(pid: u32, name: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/{name}")).unwrap_or_default()
+}
+
+/// Resident memory of a process, KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    proc_file(pid, "status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// User + system CPU seconds a process has used (all its threads).
+pub fn cpu_secs(pid: u32) -> f64 {
+    let stat = proc_file(pid, "stat");
+    // Fields after the ")" that closes the command name; utime and stime are 14 and 15.
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Kernel memory now: slab plus TCP buffer pages, KiB.
+pub fn kernel_kib() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let slab: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("Slab:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let sockstat = std::fs::read_to_string("/proc/net/sockstat").unwrap_or_default();
+    let tcp_pages: u64 = sockstat
+        .lines()
+        .find(|l| l.starts_with("TCP:"))
+        .and_then(|l| {
+            let parts: Vec<&str> = l.split_whitespace().collect();
+            parts.iter().position(|p| *p == "mem").and_then(|i| parts.get(i + 1)?.parse().ok())
+        })
+        .unwrap_or(0);
+    slab + tcp_pages * 4
+}
+
+impl Sut {
+    /// Starts `switchboard serve` on `cpu` with a fresh data dir, tuned for load (no rate
+    /// limit, one HTTP worker).
+    pub async fn start_switchboard(bin: &Path, data_dir: &Path, cpu: usize) -> Result<Sut, Failure> {
+        let _ = std::fs::remove_dir_all(data_dir);
+        std::fs::create_dir_all(data_dir)?;
+        let mut child = Command::new("taskset")
+            .arg("-c")
+            .arg(cpu.to_string())
+            .arg(bin)
+            .arg("serve")
+            .env("SWITCHBOARD_HTTP_ADDR", "127.0.0.1:0")
+            .env("SWITCHBOARD_DATA_DIR", data_dir)
+            .env("SWITCHBOARD_WORKERS", "1")
+            .env("SWITCHBOARD_RATE_PER_SEC", "1000000")
+            .env("SWITCHBOARD_RATE_BURST", "1000000")
+            .env("SWITCHBOARD_OUTBOUND_QUEUE", "8192")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(std::fs::File::create(data_dir.join("server.log"))?))
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut lines = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
+        let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await??
+            .ok_or("server exited")?;
+        let addr =
+            first.strip_prefix("switchboard listening on http://").ok_or("unexpected output")?.to_owned();
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let version =
+            String::from_utf8_lossy(&std::process::Command::new(bin).arg("--version").output()?.stdout)
+                .trim()
+                .to_owned();
+        let pid = child.id().ok_or("no pid")?;
+        Ok(Sut {
+            kind: Kind::Switchboard,
+            child,
+            pid,
+            http: format!("http://{addr}"),
+            ws_url: format!("ws://{addr}/v1/ws"),
+            version,
+        })
+    }
+
+    /// Starts Centrifugo on `cpu` with a generated loopback config: insecure client mode (any
+    /// client may connect, subscribe and publish, as our bench users may), memory engine,
+    /// no history — its defaults.
+    pub async fn start_centrifugo(bin: &Path, dir: &Path, cpu: usize) -> Result<Sut, Failure> {
+        std::fs::create_dir_all(dir)?;
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            l.local_addr()?.port()
+        };
+        // Centrifugo v5 keys (v6 nests them: http_server.port, client.insecure, …; see
+        // docs/benchmarks.md for why the peer is v5).
+        let config = json!({
+            "address": "127.0.0.1",
+            "port": port.to_string(),
+            "client_insecure": true,
+            "allowed_origins": ["*"],
+            "log_level": "error",
+        });
+        let path: PathBuf = dir.join("centrifugo.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;
+        let child = Command::new("taskset")
+            .arg("-c")
+            .arg(cpu.to_string())
+            .arg(bin)
+            .arg("-c")
+            .arg(&path)
+            .env("GOMAXPROCS", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(std::fs::File::create(dir.join("centrifugo.log"))?))
+            .stderr(Stdio::from(std::fs::File::create(dir.join("centrifugo.err"))?))
+            .kill_on_drop(true)
+            .spawn()?;
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(&addr).await.is_err() {
+            if tokio::time::Instant::now() > deadline {
+                return Err("centrifugo did not start".into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // A build from module source reports v0.0.0; the install script records the real one.
+        let version = std::env::var("CENTRIFUGO_VERSION").unwrap_or_else(|_| {
+            String::from_utf8_lossy(
+                &std::process::Command::new(bin)
+                    .arg("version")
+                    .output()
+                    .map(|o| o.stdout)
+                    .unwrap_or_default(),
+            )
+            .trim()
+            .to_owned()
+        });
+        let pid = child.id().ok_or("no pid")?;
+        Ok(Sut {
+            kind: Kind::Centrifugo,
+            child,
+            pid,
+            http: format!("http://{addr}"),
+            ws_url: format!("ws://{addr}/connection/websocket"),
+            version,
+        })
+    }
+
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid)
+    }
+
+    pub fn cpu_secs(&self) -> f64 {
+        cpu_secs(self.pid)
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// What one incoming frame means to the generator.
+#[derive(Debug, PartialEq)]
+pub enum Incoming {
+    /// The server acknowledged send number `k` (switchboard: stored).
+    Ack(u64),
+    /// A delivered message body.
+    Delivery(String),
+    /// An application-level ping to answer (Centrifugo's `{}`).
+    Ping,
+    Other,
+}
+
+/// Centrifugo command ids of publishes are offset so they never clash with connect/subscribe.
+const PUBLISH_ID_OFFSET: u64 = 100;
+
+/// The frame that sends message number `k` with `body` on `channel` (conversation id or
+/// Centrifugo channel).
+pub fn send_frame(kind: Kind, channel: &str, k: u64, body: &str) -> String {
+    match kind {
+        Kind::Switchboard => {
+            json!({"type":"send","conversation_id":channel,"client_msg_id":format!("k{k}"),"body":body})
+                .to_string()
+        }
+        Kind::Centrifugo => {
+            json!({"id": k + PUBLISH_ID_OFFSET, "publish": {"channel": channel, "data": {"b": body}}})
+                .to_string()
+        }
+    }
+}
+
+/// Parses one text frame (Centrifugo may put several JSON replies in one, one per line).
+pub fn parse(kind: Kind, text: &str) -> Vec<Incoming> {
+    match kind {
+        Kind::Switchboard => {
+            let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+            let one = match v["type"].as_str() {
+                Some("sent") => v["client_msg_id"]
+                    .as_str()
+                    .and_then(|c| c.strip_prefix('k')?.parse().ok())
+                    .map(Incoming::Ack)
+                    .unwrap_or(Incoming::Other),
+                Some("message") => Incoming::Delivery(v["body"].as_str().unwrap_or("").to_owned()),
+                _ => Incoming::Other,
+            };
+            vec![one]
+        }
+        Kind::Centrifugo => text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|line| {
+                let v: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+                if v.as_object().is_some_and(|o| o.is_empty()) {
+                    Incoming::Ping
+                } else if let Some(b) = v["push"]["pub"]["data"]["b"].as_str() {
+                    Incoming::Delivery(b.to_owned())
+                } else if let Some(id) = v["id"].as_u64().filter(|id| *id >= PUBLISH_ID_OFFSET) {
+                    if v.get("error").is_some() {
+                        Incoming::Other
+                    } else {
+                        Incoming::Ack(id - PUBLISH_ID_OFFSET)
+                    }
+                } else {
+                    Incoming::Other
+                }
+            })
+            .collect(),
+    }
+}
+
+/// Waits for the reply to Centrifugo command `id`.
+async fn centrifugo_reply(socket: &mut Socket, id: u64) -> Result<Value, Failure> {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), socket.next()).await?.ok_or("closed")??;
+        if let Message::Text(text) = msg {
+            for line in text.lines() {
+                let v: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+                if v["id"].as_u64() == Some(id) {
+                    if let Some(e) = v.get("error") {
+                        return Err(format!("centrifugo error: {e}").into());
+                    }
+                    return Ok(v);
+                }
+            }
+        }
+    }
+}
+
+/// Completes a connection's handshake: switchboard's `welcome` (authenticated by header), or
+/// Centrifugo's connect command.
+pub async fn handshake(kind: Kind, socket: &mut Socket) -> Result<(), Failure> {
+    match kind {
+        Kind::Switchboard => loop {
+            let msg =
+                tokio::time::timeout(Duration::from_secs(10), socket.next()).await?.ok_or("closed")??;
+            if let Message::Text(text) = msg {
+                let v: Value = serde_json::from_str(&text)?;
+                if v["type"] == "welcome" {
+                    return Ok(());
+                }
+                return Err(format!("expected welcome, got {text}").into());
+            }
+        },
+        Kind::Centrifugo => {
+            socket.send(Message::text(json!({"id":1,"connect":{}}).to_string())).await?;
+            centrifugo_reply(socket, 1).await.map(|_| ())
+        }
+    }
+}
+
+/// Makes `socket` receive what is published on `channel` (Centrifugo only; switchboard
+/// delivers conversation messages to members without a subscription).
+pub async fn subscribe(kind: Kind, socket: &mut Socket, channel: &str) -> Result<(), Failure> {
+    if kind == Kind::Centrifugo {
+        socket.send(Message::text(json!({"id":2,"subscribe":{"channel":channel}}).to_string())).await?;
+        centrifugo_reply(socket, 2).await?;
+    }
+    Ok(())
+}
