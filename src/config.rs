@@ -45,6 +45,12 @@ pub struct StorageConfig {
     pub presence_backend: String,
     pub data_dir: String,
     pub group_commit_max: u32,
+    pub cassandra_nodes: String,
+    pub cassandra_keyspace: String,
+    pub cassandra_local_dc: String,
+    pub cassandra_consistency: String,
+    pub cassandra_replication: String,
+    pub cassandra_timeout_ms: u64,
 }
 
 impl Default for StorageConfig {
@@ -54,6 +60,12 @@ impl Default for StorageConfig {
             presence_backend: "memory".into(),
             data_dir: "./data".into(),
             group_commit_max: 1024,
+            cassandra_nodes: "127.0.0.1:9042".into(),
+            cassandra_keyspace: "switchboard".into(),
+            cassandra_local_dc: "datacenter1".into(),
+            cassandra_consistency: "local_quorum".into(),
+            cassandra_replication: "{'class': 'NetworkTopologyStrategy', 'datacenter1': 1}".into(),
+            cassandra_timeout_ms: 5_000,
         }
     }
 }
@@ -186,11 +198,21 @@ impl Config {
         {
             return Err(invalid("server.node_id", "1-64 characters of [A-Za-z0-9_-]"));
         }
-        if self.storage.store_backend != "embedded" {
-            return Err(invalid(
-                "storage.store_backend",
-                format!("unknown backend {:?} (this build knows: embedded)", self.storage.store_backend),
-            ));
+        match self.storage.store_backend.as_str() {
+            "embedded" => {}
+            "cassandra" => {
+                crate::store::cassandra::CassandraConfig::from_storage(&self.storage)
+                    .map_err(|m| invalid("storage.cassandra_*", m))?;
+                if self.storage.cassandra_nodes.trim().is_empty() {
+                    return Err(invalid("storage.cassandra_nodes", "name at least one host:port"));
+                }
+            }
+            other => {
+                return Err(invalid(
+                    "storage.store_backend",
+                    format!("unknown backend {other:?} (this build knows: embedded, cassandra)"),
+                ));
+            }
         }
         if self.storage.presence_backend != "memory" {
             return Err(invalid(

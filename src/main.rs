@@ -34,6 +34,19 @@ enum Command {
     },
     /// Chat from the terminal: log in (or register), open a direct conversation, send lines.
     Chat(switchboard::cli_client::ChatArgs),
+    /// Database schema: `schema apply` creates the Cassandra keyspace and tables (idempotent).
+    Schema {
+        #[command(subcommand)]
+        action: SchemaAction,
+        #[arg(long, env = "SWITCHBOARD_CONFIG", global = true)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SchemaAction {
+    /// Apply schema.cql to the configured Cassandra (store_backend = "cassandra").
+    Apply,
 }
 
 fn load(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
@@ -71,5 +84,22 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Chat(args) => switchboard::cli_client::run(args),
+        Command::Schema { action: SchemaAction::Apply, config } => {
+            let config = match load(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            switchboard::telemetry::init_tracing();
+            match switchboard::store::cassandra::apply_schema_cli(&config) {
+                Ok(message) => {
+                    println!("{message}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("switchboard schema apply: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }

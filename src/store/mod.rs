@@ -2,6 +2,7 @@
 //! backend meets, proven by `tests/it/store_conformance.rs`), their error type, and
 //! `Stores::open`, the one place a backend is chosen from config.
 
+pub mod cassandra;
 pub mod embedded;
 pub mod presence;
 
@@ -118,13 +119,19 @@ pub struct Stores {
 }
 
 impl Stores {
+    /// Opens the configured backends. Cassandra connects in the background (must be called
+    /// inside a tokio runtime); until it is reachable with the right schema, calls answer
+    /// `Unavailable`.
     pub fn open(config: &Config) -> StoreResult<Stores> {
+        let presence = Arc::new(presence::MemoryPresence::default());
         // `Config::validate` admits only the backends this build has.
+        if config.storage.store_backend == "cassandra" {
+            let cassandra_config = cassandra::CassandraConfig::from_storage(&config.storage)
+                .map_err(StoreError::Unavailable)?;
+            let store = Arc::new(cassandra::CassandraStore::start(cassandra_config));
+            return Ok(Stores { accounts: store.clone(), chat: store, presence });
+        }
         let embedded = Arc::new(embedded::EmbeddedStore::open(&config.data_dir().join("store"))?);
-        Ok(Stores {
-            accounts: embedded.clone(),
-            chat: embedded,
-            presence: Arc::new(presence::MemoryPresence::default()),
-        })
+        Ok(Stores { accounts: embedded.clone(), chat: embedded, presence })
     }
 }

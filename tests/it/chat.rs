@@ -225,6 +225,11 @@ async fn history_pages_backwards_over_ws_and_rest() {
 
 #[tokio::test]
 async fn bodies_are_encrypted_at_rest() {
+    // Scans the embedded store's files; with Cassandra the bodies are sealed by the same code
+    // before the store sees them (and the conformance suite stores opaque bytes).
+    if e2e_on_cassandra() {
+        return;
+    }
     let server = Server::start().await;
     let (_api, alice, _bob, conversation) = pair(&server).await;
     let mut a = Ws::connect(&server, &alice).await;

@@ -35,7 +35,9 @@ impl Server {
         Server::start_with(Arc::new(tempfile::tempdir().unwrap()), env).await
     }
 
-    /// A node on `dir` (reuse it to restart on the same data).
+    /// A node on `dir` (reuse it to restart on the same data). With
+    /// `SWITCHBOARD_TEST_E2E_STORE=cassandra` (and `SWITCHBOARD_TEST_CASSANDRA=host:port`) the
+    /// node stores in Cassandra, in a keyspace of its own named after `dir`.
     pub async fn start_with(dir: Arc<tempfile::TempDir>, env: &[(&str, &str)]) -> Server {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -52,6 +54,9 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
+        for (k, v) in cassandra_env(dir.path()) {
+            cmd.env(k, v);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -68,7 +73,23 @@ impl Server {
             .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
             .to_owned();
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Server { child, addr, dir }
+        let server = Server { child, addr, dir };
+        server.wait_ready().await;
+        server
+    }
+
+    /// Waits until `/readyz` answers 200 (the store is reachable).
+    async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Ok(resp) = reqwest::get(format!("http://{}/readyz", self.addr)).await
+                && resp.status().is_success()
+            {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "node never became ready:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub fn api(&self) -> Api {
@@ -108,6 +129,39 @@ impl Server {
     pub fn log(&self) -> String {
         read_log(self.dir.path())
     }
+}
+
+/// Whether the end-to-end suite runs against Cassandra (see `Server::start_with`).
+pub fn e2e_on_cassandra() -> bool {
+    std::env::var("SWITCHBOARD_TEST_E2E_STORE").is_ok_and(|v| v == "cassandra")
+}
+
+/// The env that points a node at its own Cassandra keyspace (schema applied once, serialised).
+fn cassandra_env(dir: &Path) -> Vec<(String, String)> {
+    if !e2e_on_cassandra() {
+        return Vec::new();
+    }
+    static SCHEMA_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let nodes = std::env::var("SWITCHBOARD_TEST_CASSANDRA").expect("SWITCHBOARD_TEST_CASSANDRA=host:port");
+    let name = dir.file_name().unwrap().to_string_lossy().to_lowercase();
+    let keyspace: String = format!("sbtest_e2e_{name}").chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    let env = vec![
+        ("SWITCHBOARD_STORE_BACKEND".to_owned(), "cassandra".to_owned()),
+        ("SWITCHBOARD_CASSANDRA_NODES".to_owned(), nodes),
+        ("SWITCHBOARD_CASSANDRA_KEYSPACE".to_owned(), keyspace),
+        (
+            "SWITCHBOARD_CASSANDRA_REPLICATION".to_owned(),
+            "{'class': 'SimpleStrategy', 'replication_factor': 1}".to_owned(),
+        ),
+    ];
+    let _guard = SCHEMA_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["schema", "apply"])
+        .envs(env.iter().cloned())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "schema apply: {}", String::from_utf8_lossy(&out.stderr));
+    env
 }
 
 fn read_log(dir: &Path) -> String {

@@ -1,8 +1,11 @@
 //! The storage contract: every case runs against every backend of `AccountStore` and
-//! `ChatStore`. Today that is the embedded store; the Cassandra backend joins `backends()`.
+//! `ChatStore`: the embedded store always, and a real Cassandra when
+//! `SWITCHBOARD_TEST_CASSANDRA=host:port` is set (`scripts/test` starts one and sets it), in a
+//! fresh keyspace per test process.
 
 use std::sync::Arc;
 use switchboard::model::*;
+use switchboard::store::cassandra::{self, CassandraConfig, CassandraStore};
 use switchboard::store::embedded::EmbeddedStore;
 use switchboard::store::{AccountStore, ChatStore, StoreError};
 
@@ -14,11 +17,45 @@ pub struct Backend {
     _keep: Box<dyn std::any::Any + Send>,
 }
 
-/// One fresh, empty instance of every backend.
-pub fn backends() -> Vec<Backend> {
+/// One instance of every backend: the embedded one fresh, Cassandra's shared by the tests of
+/// this process (so names that must be unique are made unique with `unique`).
+pub async fn backends() -> Vec<Backend> {
     let dir = tempfile::tempdir().unwrap();
     let embedded = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
-    vec![Backend { name: "embedded", accounts: embedded.clone(), chat: embedded, _keep: Box::new(dir) }]
+    let mut out = vec![Backend { name: "embedded", accounts: embedded.clone(), chat: embedded, _keep: Box::new(dir) }];
+    if let Ok(nodes) = std::env::var("SWITCHBOARD_TEST_CASSANDRA") {
+        let store = Arc::new(cassandra_store(&nodes).await);
+        out.push(Backend { name: "cassandra", accounts: store.clone(), chat: store, _keep: Box::new(()) });
+    }
+    out
+}
+
+pub fn cassandra_config(nodes: &str, keyspace: &str) -> CassandraConfig {
+    let mut storage = switchboard::config::StorageConfig::default();
+    storage.cassandra_nodes = nodes.to_owned();
+    storage.cassandra_keyspace = keyspace.to_owned();
+    storage.cassandra_replication = "{'class': 'SimpleStrategy', 'replication_factor': 1}".to_owned();
+    CassandraConfig::from_storage(&storage).unwrap()
+}
+
+/// A store on this process's test keyspace, created (once, serialised) on first use. Each
+/// test gets its own driver session: a session lives in the runtime that made it.
+async fn cassandra_store(nodes: &str) -> CassandraStore {
+    static SCHEMA: tokio::sync::Mutex<bool> = tokio::sync::Mutex::const_new(false);
+    let config = cassandra_config(nodes, &format!("sbtest_conformance_{}", std::process::id()));
+    let mut applied = SCHEMA.lock().await;
+    if !*applied {
+        let session = cassandra::connect(&config).await.unwrap();
+        cassandra::apply_schema(&session, &config).await.unwrap();
+        *applied = true;
+    }
+    drop(applied);
+    CassandraStore::connect(&config).await.unwrap()
+}
+
+/// `name` with a random suffix: tests share the Cassandra keyspace.
+fn unique(name: &str) -> String {
+    format!("{name}-{}", &UserId::generate().to_string()[24..])
 }
 
 fn user(name: &str) -> User {
@@ -53,13 +90,14 @@ fn message(c: ConversationId, author: UserId, seq: u64, client_msg_id: &str) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_are_unique_case_insensitively() {
-    for b in backends() {
-        let alice = user("Alice");
+    for b in backends().await {
+        let name = unique("Alice");
+        let alice = user(&name);
         b.accounts.create_user(&alice, "phc-1").await.unwrap();
         assert_eq!(b.accounts.user(alice.id).await.unwrap().as_ref(), Some(&alice), "{}", b.name);
-        assert_eq!(b.accounts.user_by_name("alice").await.unwrap().as_ref(), Some(&alice), "{}", b.name);
+        assert_eq!(b.accounts.user_by_name(&name.to_lowercase()).await.unwrap().as_ref(), Some(&alice), "{}", b.name);
         assert_eq!(b.accounts.password_hash(alice.id).await.unwrap().as_deref(), Some("phc-1"));
-        let again = user("ALICE");
+        let again = user(&name.to_uppercase());
         assert!(
             matches!(b.accounts.create_user(&again, "phc-2").await, Err(StoreError::Conflict(_))),
             "{}",
@@ -72,8 +110,8 @@ async fn users_are_unique_case_insensitively() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_tokens_resolve_until_revoked() {
-    for b in backends() {
-        let alice = user("alice");
+    for b in backends().await {
+        let alice = user(&unique("alice"));
         b.accounts.create_user(&alice, "phc").await.unwrap();
         let device = Device {
             id: DeviceId::generate(),
@@ -89,19 +127,22 @@ async fn device_tokens_resolve_until_revoked() {
             created_at: 2,
             revoked: false,
         };
-        b.accounts.create_device(&device, &[1; 32]).await.unwrap();
-        b.accounts.create_device(&other, &[2; 32]).await.unwrap();
-        assert_eq!(b.accounts.device_by_token(&[1; 32]).await.unwrap().as_ref(), Some(&device), "{}", b.name);
+        let (t1, t2, t3) = (*device.id.as_bytes(), *other.id.as_bytes(), *DeviceId::generate().as_bytes());
+        let (t1, t2, t3) = ([t1, t1].concat(), [t2, t2].concat(), [t3, t3].concat());
+        let (t1, t2, t3): ([u8; 32], [u8; 32], [u8; 32]) = (t1.try_into().unwrap(), t2.try_into().unwrap(), t3.try_into().unwrap());
+        b.accounts.create_device(&device, &t1).await.unwrap();
+        b.accounts.create_device(&other, &t2).await.unwrap();
+        assert_eq!(b.accounts.device_by_token(&t1).await.unwrap().as_ref(), Some(&device), "{}", b.name);
         b.accounts.revoke_device(device.id).await.unwrap();
-        assert_eq!(b.accounts.device_by_token(&[1; 32]).await.unwrap(), None, "{}", b.name);
-        assert_eq!(b.accounts.device_by_token(&[2; 32]).await.unwrap().as_ref(), Some(&other));
-        assert_eq!(b.accounts.device_by_token(&[3; 32]).await.unwrap(), None);
+        assert_eq!(b.accounts.device_by_token(&t1).await.unwrap(), None, "{}", b.name);
+        assert_eq!(b.accounts.device_by_token(&t2).await.unwrap().as_ref(), Some(&other));
+        assert_eq!(b.accounts.device_by_token(&t3).await.unwrap(), None);
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pair_gets_one_direct_conversation_even_under_races() {
-    for b in backends() {
+    for b in backends().await {
         let (x, y) = (UserId::generate(), UserId::generate());
         let mut tasks = Vec::new();
         for _ in 0..8 {
@@ -133,7 +174,7 @@ async fn a_pair_gets_one_direct_conversation_even_under_races() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appended_messages_page_both_ways_per_conversation() {
-    for b in backends() {
+    for b in backends().await {
         let (x, y, z) = (UserId::generate(), UserId::generate(), UserId::generate());
         let c1 = b.chat.create_direct(&direct(x, y)).await.unwrap().id;
         let c2 = b.chat.create_direct(&direct(x, z)).await.unwrap().id;
@@ -173,8 +214,43 @@ async fn appended_messages_page_both_ways_per_conversation() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_pages_across_bucket_boundaries() {
+    // More than one Cassandra bucket (4,096 messages); appended in group-commit sized batches.
+    for b in backends().await {
+        let (x, y) = (UserId::generate(), UserId::generate());
+        let c = b.chat.create_direct(&direct(x, y)).await.unwrap().id;
+        let all: Vec<StoredMessage> = (1..=4200).map(|s| message(c, x, s, &format!("m{s}"))).collect();
+        for batch in all.chunks(700) {
+            b.chat.append(batch).await.unwrap();
+        }
+        let seqs = |v: Vec<StoredMessage>| v.into_iter().map(|m| m.seq).collect::<Vec<_>>();
+        assert_eq!(b.chat.last_seq(c).await.unwrap(), 4200, "{}", b.name);
+        assert_eq!(seqs(b.chat.messages_after(c, 4090, 10).await.unwrap()), (4091..=4100).collect::<Vec<_>>(), "{}", b.name);
+        assert_eq!(seqs(b.chat.messages_before(c, 4100, 10).await.unwrap()), (4090..=4099).collect::<Vec<_>>(), "{}", b.name);
+        assert_eq!(seqs(b.chat.messages_before(c, u64::MAX, 3).await.unwrap()), [4198, 4199, 4200]);
+        assert_eq!(b.chat.messages_after(c, 0, 5000).await.unwrap().len(), 4200);
+        assert_eq!(b.chat.message_by_client_id(c, x, "m4097").await.unwrap().unwrap().seq, 4097);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn re_sending_a_stored_batch_changes_nothing() {
+    // A retried append (same rows, e.g. after an ambiguous timeout) is idempotent.
+    for b in backends().await {
+        let (x, y) = (UserId::generate(), UserId::generate());
+        let c = b.chat.create_direct(&direct(x, y)).await.unwrap().id;
+        let batch = [message(c, x, 1, "a"), message(c, x, 2, "b")];
+        b.chat.append(&batch).await.unwrap();
+        b.chat.append(&batch).await.unwrap();
+        let stored = b.chat.messages_after(c, 0, 10).await.unwrap();
+        assert_eq!(stored, batch.to_vec(), "{}", b.name);
+        assert_eq!(b.chat.last_seq(c).await.unwrap(), 2);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watermarks_never_regress() {
-    for b in backends() {
+    for b in backends().await {
         let (x, y) = (UserId::generate(), UserId::generate());
         let c = b.chat.create_direct(&direct(x, y)).await.unwrap().id;
         let up = |d, r| Watermarks { delivered_seq: d, read_seq: r };
@@ -199,7 +275,7 @@ async fn watermarks_never_regress() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_watermark_updates_keep_the_maximum() {
-    for b in backends() {
+    for b in backends().await {
         let (x, y) = (UserId::generate(), UserId::generate());
         let c = b.chat.create_direct(&direct(x, y)).await.unwrap().id;
         let mut tasks = Vec::new();

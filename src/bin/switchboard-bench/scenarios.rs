@@ -126,7 +126,7 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
                 r.rss_per_conn_kib, r.kernel_per_conn_kib
             );
             results.idle.push(r);
-            sut.stop().await;
+            sut.stop(&out, &format!("{kind:?}-s1").to_lowercase()).await;
         }
         if wanted("s2") || (wanted("s3") && kind == Kind::Switchboard) {
             let sut = start(kind).await?;
@@ -153,7 +153,7 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
                 }
             }
             pairs.close();
-            sut.stop().await;
+            sut.stop(&out, &format!("{kind:?}-s2-s3").to_lowercase()).await;
         }
         if wanted("s4") {
             results.skipped.push(Skipped {
@@ -169,7 +169,7 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
                 .await?;
             eprintln!("  p50 {} µs, p99 {} µs, errors {}", r.latency_us.p50, r.latency_us.p99, r.errors);
             results.history.push(r);
-            sut.stop().await;
+            sut.stop(&out, &format!("{kind:?}-s6").to_lowercase()).await;
         }
     }
     let _ = std::fs::remove_dir_all(work.join("switchboard"));

@@ -190,7 +190,15 @@ impl Sut {
         cpu_secs(self.pid)
     }
 
-    pub async fn stop(mut self) {
+    /// Stops the server; for switchboard, first saves its `/metrics` (store append latency
+    /// histogram, group commits, …) as `metrics-<label>.txt` in `dir`.
+    pub async fn stop(mut self, dir: &Path, label: &str) {
+        if self.kind == Kind::Switchboard
+            && let Ok(resp) = reqwest::get(format!("{}/metrics", self.http)).await
+            && let Ok(text) = resp.text().await
+        {
+            let _ = std::fs::write(dir.join(format!("metrics-{label}.txt")), text);
+        }
         let _ = self.child.kill().await;
     }
 }
