@@ -54,6 +54,17 @@ pub struct CassandraConfig {
 }
 
 impl CassandraConfig {
+    /// Defaults, with these contact points and keyspace and replication factor 1
+    /// (SimpleStrategy): a throwaway keyspace on a single test node.
+    pub fn single_replica(nodes: &str, keyspace: &str) -> Result<CassandraConfig, String> {
+        CassandraConfig::from_storage(&StorageConfig {
+            cassandra_nodes: nodes.to_owned(),
+            cassandra_keyspace: keyspace.to_owned(),
+            cassandra_replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".to_owned(),
+            ..StorageConfig::default()
+        })
+    }
+
     pub fn from_storage(s: &StorageConfig) -> Result<CassandraConfig, String> {
         let consistency = match s.cassandra_consistency.to_ascii_lowercase().as_str() {
             "one" => Consistency::One,
@@ -61,14 +72,23 @@ impl CassandraConfig {
             "quorum" => Consistency::Quorum,
             "local_quorum" => Consistency::LocalQuorum,
             "all" => Consistency::All,
-            other => return Err(format!("unknown consistency {other:?} (one, local_one, quorum, local_quorum, all)")),
+            other => {
+                return Err(format!(
+                    "unknown consistency {other:?} (one, local_one, quorum, local_quorum, all)"
+                ));
+            }
         };
         let keyspace = s.cassandra_keyspace.clone();
         if keyspace.is_empty() || !keyspace.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err("keyspace must be [A-Za-z0-9_]+".into());
         }
         Ok(CassandraConfig {
-            nodes: s.cassandra_nodes.split(',').map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()).collect(),
+            nodes: s
+                .cassandra_nodes
+                .split(',')
+                .map(|n| n.trim().to_owned())
+                .filter(|n| !n.is_empty())
+                .collect(),
             keyspace,
             local_dc: s.cassandra_local_dc.clone(),
             consistency,
@@ -80,7 +100,8 @@ impl CassandraConfig {
 
 /// Opens a driver session with the configured routing, consistency and timeout.
 pub async fn connect(config: &CassandraConfig) -> StoreResult<Session> {
-    let policy = DefaultPolicy::builder().prefer_datacenter(config.local_dc.clone()).token_aware(true).build();
+    let policy =
+        DefaultPolicy::builder().prefer_datacenter(config.local_dc.clone()).token_aware(true).build();
     let profile = ExecutionProfile::builder()
         .load_balancing_policy(policy)
         .consistency(config.consistency)
@@ -107,7 +128,10 @@ pub async fn apply_schema(session: &Session, config: &CassandraConfig) -> StoreR
     session.await_schema_agreement().await.map_err(unavailable)?;
     session
         .query_unpaged(
-            format!("INSERT INTO {}.schema_version (id, version, applied_at) VALUES (1, ?, ?)", config.keyspace),
+            format!(
+                "INSERT INTO {}.schema_version (id, version, applied_at) VALUES (1, ?, ?)",
+                config.keyspace
+            ),
             (SCHEMA_VERSION, now_millis()),
         )
         .await
@@ -118,11 +142,16 @@ pub async fn apply_schema(session: &Session, config: &CassandraConfig) -> StoreR
 /// `switchboard schema apply`: connects with the configured settings and applies the schema.
 pub fn apply_schema_cli(config: &crate::config::Config) -> Result<String, String> {
     let c = CassandraConfig::from_storage(&config.storage)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     runtime.block_on(async {
         let session = connect(&c).await.map_err(|e| e.to_string())?;
         apply_schema(&session, &c).await.map_err(|e| e.to_string())?;
-        Ok(format!("schema version {SCHEMA_VERSION} applied to keyspace {} on {}", c.keyspace, c.nodes.join(",")))
+        Ok(format!(
+            "schema version {SCHEMA_VERSION} applied to keyspace {} on {}",
+            c.keyspace,
+            c.nodes.join(",")
+        ))
     })
 }
 
@@ -163,13 +192,13 @@ struct Statements {
     set_read: PreparedStatement,
 }
 
-const MESSAGE_COLUMNS: &str =
-    "conversation_id, seq, message_id, author_id, device_id, client_msg_id, kind, sealed_body, ts, attachments";
+const MESSAGE_COLUMNS: &str = "conversation_id, seq, message_id, author_id, device_id, client_msg_id, kind, sealed_body, ts, attachments";
 
 impl Statements {
     async fn prepare(session: &Session, ks: &str) -> StoreResult<Statements> {
         let p = |cql: String, idempotent: bool| async move {
-            let mut s = session.prepare(cql.clone()).await.map_err(|e| unavailable(format!("prepare {cql}: {e}")))?;
+            let mut s =
+                session.prepare(cql.clone()).await.map_err(|e| unavailable(format!("prepare {cql}: {e}")))?;
             s.set_is_idempotent(idempotent);
             Ok::<_, StoreError>(s)
         };
@@ -290,7 +319,8 @@ pub struct CassandraStore {
 type MessageRow = (Uuid, i64, Uuid, Uuid, Uuid, String, String, Vec<u8>, i64, Option<Vec<String>>);
 
 fn message_from_row(r: MessageRow) -> StoredMessage {
-    let (conversation, seq, message_id, author, device, client_msg_id, kind, sealed_body, ts, attachments) = r;
+    let (conversation, seq, message_id, author, device, client_msg_id, kind, sealed_body, ts, attachments) =
+        r;
     StoredMessage {
         conversation_id: ConversationId(conversation),
         seq: seq as u64,
@@ -353,8 +383,10 @@ impl CassandraStore {
     /// Connects now (tests, `schema apply`): fails if Cassandra or the schema is not there.
     pub async fn connect(config: &CassandraConfig) -> StoreResult<CassandraStore> {
         let c = CassandraStore::connect_checked(config).await?;
-        let store =
-            CassandraStore { connected: Arc::new(OnceLock::new()), last_error: Arc::new(Mutex::new(String::new())) };
+        let store = CassandraStore {
+            connected: Arc::new(OnceLock::new()),
+            last_error: Arc::new(Mutex::new(String::new())),
+        };
         let _ = store.connected.set(Arc::new(c));
         Ok(store)
     }
@@ -362,7 +394,10 @@ impl CassandraStore {
     async fn connect_checked(config: &CassandraConfig) -> StoreResult<Connected> {
         let session = connect(config).await?;
         let version: Option<(i32,)> = session
-            .query_unpaged(format!("SELECT version FROM {}.schema_version WHERE id = 1", config.keyspace), &[])
+            .query_unpaged(
+                format!("SELECT version FROM {}.schema_version WHERE id = 1", config.keyspace),
+                &[],
+            )
             .await
             .ok()
             .and_then(|r| r.into_rows_result().ok())
@@ -394,22 +429,34 @@ impl CassandraStore {
 }
 
 impl Connected {
-    async fn rows<R>(&self, st: &PreparedStatement, values: impl scylla::serialize::row::SerializeRow) -> StoreResult<Vec<R>>
+    async fn rows<R>(
+        &self,
+        st: &PreparedStatement,
+        values: impl scylla::serialize::row::SerializeRow,
+    ) -> StoreResult<Vec<R>>
     where
         R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
     {
         let result = self.session.execute_unpaged(st, values).await.map_err(unavailable)?;
         let rows = result.into_rows_result().map_err(unavailable)?;
-        rows.rows::<R>().map_err(unavailable)?.collect::<Result<Vec<R>, _>>().map_err(|e| StoreError::Corrupt(e.to_string()))
+        rows.rows::<R>()
+            .map_err(unavailable)?
+            .collect::<Result<Vec<R>, _>>()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))
     }
 
-    async fn run(&self, st: &PreparedStatement, values: impl scylla::serialize::row::SerializeRow) -> StoreResult<()> {
+    async fn run(
+        &self,
+        st: &PreparedStatement,
+        values: impl scylla::serialize::row::SerializeRow,
+    ) -> StoreResult<()> {
         self.session.execute_unpaged(st, values).await.map_err(unavailable)?;
         Ok(())
     }
 
     async fn last_seq(&self, id: ConversationId) -> StoreResult<u64> {
-        let Some((bucket,)) = self.rows::<(i64,)>(&self.st.newest_bucket, (id.0,)).await?.into_iter().next() else {
+        let Some((bucket,)) = self.rows::<(i64,)>(&self.st.newest_bucket, (id.0,)).await?.into_iter().next()
+        else {
             return Ok(0);
         };
         let last = self.rows::<(i64,)>(&self.st.last_in_bucket, (id.0, bucket)).await?;
@@ -417,7 +464,9 @@ impl Connected {
     }
 
     async fn message_at(&self, conversation: ConversationId, seq: u64) -> StoreResult<Option<StoredMessage>> {
-        let rows = self.rows::<MessageRow>(&self.st.message_at, (conversation.0, bucket_of(seq), seq as i64)).await?;
+        let rows = self
+            .rows::<MessageRow>(&self.st.message_at, (conversation.0, bucket_of(seq), seq as i64))
+            .await?;
         Ok(rows.into_iter().next().map(message_from_row))
     }
 
@@ -442,7 +491,10 @@ impl Connected {
     /// stored is always a gapless prefix.
     async fn append_conversation(&self, messages: &[&StoredMessage]) -> StoreResult<()> {
         try_join_all(messages.iter().map(|m| {
-            self.run(&self.st.insert_client_id, (m.conversation_id.0, m.author_id.0, m.client_msg_id.as_str(), m.seq as i64))
+            self.run(
+                &self.st.insert_client_id,
+                (m.conversation_id.0, m.author_id.0, m.client_msg_id.as_str(), m.seq as i64),
+            )
         }))
         .await?;
         let mut chunk: Vec<&StoredMessage> = Vec::new();
@@ -513,7 +565,11 @@ impl AccountStore for CassandraStore {
     async fn user(&self, id: UserId) -> StoreResult<Option<User>> {
         let c = self.c()?;
         let rows = c.rows::<(Uuid, String, i64)>(&c.st.user, (id.0,)).await?;
-        Ok(rows.into_iter().next().map(|(id, username, created_at)| User { id: UserId(id), username, created_at }))
+        Ok(rows.into_iter().next().map(|(id, username, created_at)| User {
+            id: UserId(id),
+            username,
+            created_at,
+        }))
     }
 
     async fn user_by_name(&self, username: &str) -> StoreResult<Option<User>> {
@@ -534,7 +590,14 @@ impl AccountStore for CassandraStore {
         let c = self.c()?;
         c.run(
             &c.st.insert_device,
-            (device.id.0, device.user_id.0, device.name.as_str(), device.created_at, device.revoked, token_hash.as_slice()),
+            (
+                device.id.0,
+                device.user_id.0,
+                device.name.as_str(),
+                device.created_at,
+                device.revoked,
+                token_hash.as_slice(),
+            ),
         )
         .await?;
         c.run(&c.st.insert_token, (token_hash.as_slice(), device.id.0)).await
@@ -542,7 +605,9 @@ impl AccountStore for CassandraStore {
 
     async fn device_by_token(&self, token_hash: &[u8; 32]) -> StoreResult<Option<Device>> {
         let c = self.c()?;
-        let Some((device_id,)) = c.rows::<(Uuid,)>(&c.st.token, (token_hash.as_slice(),)).await?.into_iter().next() else {
+        let Some((device_id,)) =
+            c.rows::<(Uuid,)>(&c.st.token, (token_hash.as_slice(),)).await?.into_iter().next()
+        else {
             return Ok(None);
         };
         let rows = c.rows::<(Uuid, Uuid, String, i64, bool, Vec<u8>)>(&c.st.device, (device_id,)).await?;
@@ -589,8 +654,11 @@ impl ChatStore for CassandraStore {
             ),
         )
         .await?;
-        let result =
-            c.session.execute_unpaged(&c.st.claim_pair, (lo.0, hi.0, conversation.id.0)).await.map_err(unavailable)?;
+        let result = c
+            .session
+            .execute_unpaged(&c.st.claim_pair, (lo.0, hi.0, conversation.id.0))
+            .await
+            .map_err(unavailable)?;
         let (applied, row) = lwt_outcome(result)?;
         let id = if applied {
             conversation.id
@@ -607,13 +675,18 @@ impl ChatStore for CassandraStore {
             c.run(&c.st.insert_member, (id.0, member.0)).await?;
             c.run(&c.st.insert_user_conversation, (member.0, id.0)).await?;
         }
-        self.conversation(id).await?.ok_or_else(|| StoreError::Corrupt("claimed pair without its conversation".into()))
+        self.conversation(id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("claimed pair without its conversation".into()))
     }
 
     async fn conversation(&self, id: ConversationId) -> StoreResult<Option<Conversation>> {
         let c = self.c()?;
         let rows = c
-            .rows::<(Uuid, String, Option<String>, Option<Vec<Uuid>>, Vec<u8>, i64)>(&c.st.conversation, (id.0,))
+            .rows::<(Uuid, String, Option<String>, Option<Vec<Uuid>>, Vec<u8>, i64)>(
+                &c.st.conversation,
+                (id.0,),
+            )
             .await?;
         Ok(rows.into_iter().next().map(|(id, kind, title, members, wrapped_key, created_at)| Conversation {
             id: ConversationId(id),
@@ -628,7 +701,11 @@ impl ChatStore for CassandraStore {
     async fn direct_between(&self, a: UserId, b: UserId) -> StoreResult<Option<ConversationId>> {
         let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
         let c = self.c()?;
-        Ok(c.rows::<(Uuid,)>(&c.st.pair, (lo.0, hi.0)).await?.into_iter().next().map(|(id,)| ConversationId(id)))
+        Ok(c.rows::<(Uuid,)>(&c.st.pair, (lo.0, hi.0))
+            .await?
+            .into_iter()
+            .next()
+            .map(|(id,)| ConversationId(id)))
     }
 
     async fn members(&self, id: ConversationId) -> StoreResult<Vec<Member>> {
@@ -648,7 +725,11 @@ impl ChatStore for CassandraStore {
 
     async fn user_conversations(&self, user: UserId) -> StoreResult<Vec<ConversationId>> {
         let c = self.c()?;
-        Ok(c.rows::<(Uuid,)>(&c.st.user_conversations, (user.0,)).await?.into_iter().map(|(id,)| ConversationId(id)).collect())
+        Ok(c.rows::<(Uuid,)>(&c.st.user_conversations, (user.0,))
+            .await?
+            .into_iter()
+            .map(|(id,)| ConversationId(id))
+            .collect())
     }
 
     async fn last_seq(&self, id: ConversationId) -> StoreResult<u64> {
@@ -695,7 +776,8 @@ impl ChatStore for CassandraStore {
         let mut cursor = after as i64;
         while out.len() < limit && bucket <= bucket_of(last) && after < last {
             let want = (limit - out.len()) as i32;
-            let rows = c.rows::<MessageRow>(&c.st.after_in_bucket, (conversation.0, bucket, cursor, want)).await?;
+            let rows =
+                c.rows::<MessageRow>(&c.st.after_in_bucket, (conversation.0, bucket, cursor, want)).await?;
             for r in rows {
                 let m = message_from_row(r);
                 cursor = m.seq as i64;
@@ -723,7 +805,8 @@ impl ChatStore for CassandraStore {
         let cursor = (top + 1) as i64;
         while out.len() < limit && bucket >= 0 {
             let want = (limit - out.len()) as i32;
-            let rows = c.rows::<MessageRow>(&c.st.before_in_bucket, (conversation.0, bucket, cursor, want)).await?;
+            let rows =
+                c.rows::<MessageRow>(&c.st.before_in_bucket, (conversation.0, bucket, cursor, want)).await?;
             out.extend(rows.into_iter().map(message_from_row));
             bucket -= 1;
         }
@@ -740,7 +823,8 @@ impl ChatStore for CassandraStore {
         let c = self.c()?;
         let rows = c.rows::<(Option<i64>, Option<i64>)>(&c.st.member, (conversation.0, user.0)).await?;
         let Some((delivered, read)) = rows.into_iter().next() else { return Ok(None) };
-        let current = Watermarks { delivered_seq: delivered.unwrap_or(0) as u64, read_seq: read.unwrap_or(0) as u64 };
+        let current =
+            Watermarks { delivered_seq: delivered.unwrap_or(0) as u64, read_seq: read.unwrap_or(0) as u64 };
         let target = Watermarks { delivered_seq: to.delivered_seq.max(to.read_seq), read_seq: to.read_seq };
         let next = current.merge(target);
         // The write timestamp is the seq itself: last-write-wins then keeps the highest value

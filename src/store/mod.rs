@@ -126,8 +126,8 @@ impl Stores {
         let presence = Arc::new(presence::MemoryPresence::default());
         // `Config::validate` admits only the backends this build has.
         if config.storage.store_backend == "cassandra" {
-            let cassandra_config = cassandra::CassandraConfig::from_storage(&config.storage)
-                .map_err(StoreError::Unavailable)?;
+            let cassandra_config =
+                cassandra::CassandraConfig::from_storage(&config.storage).map_err(StoreError::Unavailable)?;
             let store = Arc::new(cassandra::CassandraStore::start(cassandra_config));
             return Ok(Stores { accounts: store.clone(), chat: store, presence });
         }

@@ -35,10 +35,22 @@ impl Server {
         Server::start_with(Arc::new(tempfile::tempdir().unwrap()), env).await
     }
 
+    /// A node whose store may be unreachable: returns once it listens, without waiting for
+    /// `/readyz`.
+    pub async fn start_unready(env: &[(&str, &str)]) -> Server {
+        Server::spawn(Arc::new(tempfile::tempdir().unwrap()), env).await
+    }
+
     /// A node on `dir` (reuse it to restart on the same data). With
     /// `SWITCHBOARD_TEST_E2E_STORE=cassandra` (and `SWITCHBOARD_TEST_CASSANDRA=host:port`) the
     /// node stores in Cassandra, in a keyspace of its own named after `dir`.
     pub async fn start_with(dir: Arc<tempfile::TempDir>, env: &[(&str, &str)]) -> Server {
+        let server = Server::spawn(dir, env).await;
+        server.wait_ready().await;
+        server
+    }
+
+    async fn spawn(dir: Arc<tempfile::TempDir>, env: &[(&str, &str)]) -> Server {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -73,9 +85,7 @@ impl Server {
             .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
             .to_owned();
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let server = Server { child, addr, dir };
-        server.wait_ready().await;
-        server
+        Server { child, addr, dir }
     }
 
     /// Waits until `/readyz` answers 200 (the store is reachable).
@@ -144,7 +154,10 @@ fn cassandra_env(dir: &Path) -> Vec<(String, String)> {
     static SCHEMA_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let nodes = std::env::var("SWITCHBOARD_TEST_CASSANDRA").expect("SWITCHBOARD_TEST_CASSANDRA=host:port");
     let name = dir.file_name().unwrap().to_string_lossy().to_lowercase();
-    let keyspace: String = format!("sbtest_e2e_{name}").chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    let keyspace: String = format!("sbtest_e2e_{name}")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
     let env = vec![
         ("SWITCHBOARD_STORE_BACKEND".to_owned(), "cassandra".to_owned()),
         ("SWITCHBOARD_CASSANDRA_NODES".to_owned(), nodes),

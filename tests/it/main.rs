@@ -3,19 +3,23 @@
 //!   WebSocket clients.
 //! - `chat`: end-to-end delivery, sync, devices, receipts, presence, typing, idempotency.
 //! - `bench_smoke`: the load generator's quick run, so it cannot rot.
+//! - `cassandra_fault`: 3 Cassandra nodes, one SIGKILLed under load (run by scripts/test).
 //! - `bad_input`: every bad input yields its error code or close code.
 //! - `restart`: SIGKILL and SIGTERM: nothing acked is lost, seq continues gaplessly.
 //! - `store_conformance`: one suite against every `AccountStore`/`ChatStore` backend.
+//! - `store_unavailable`: a store that is down or has no schema: unready, clear errors, recovery.
 //! - `presence_conformance`: the `PresenceStore` contract.
 //! - `config_file`: the shipped config is valid and equals the defaults.
 //! - `tidy`: repository rules (module headers, the CI command matches the README).
 
 mod bad_input;
 mod bench_smoke;
+mod cassandra_fault;
 mod chat;
 mod config_file;
 mod harness;
 mod presence_conformance;
 mod restart;
 mod store_conformance;
+mod store_unavailable;
 mod tidy;

@@ -22,7 +22,8 @@ pub struct Backend {
 pub async fn backends() -> Vec<Backend> {
     let dir = tempfile::tempdir().unwrap();
     let embedded = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
-    let mut out = vec![Backend { name: "embedded", accounts: embedded.clone(), chat: embedded, _keep: Box::new(dir) }];
+    let mut out =
+        vec![Backend { name: "embedded", accounts: embedded.clone(), chat: embedded, _keep: Box::new(dir) }];
     if let Ok(nodes) = std::env::var("SWITCHBOARD_TEST_CASSANDRA") {
         let store = Arc::new(cassandra_store(&nodes).await);
         out.push(Backend { name: "cassandra", accounts: store.clone(), chat: store, _keep: Box::new(()) });
@@ -30,19 +31,13 @@ pub async fn backends() -> Vec<Backend> {
     out
 }
 
-pub fn cassandra_config(nodes: &str, keyspace: &str) -> CassandraConfig {
-    let mut storage = switchboard::config::StorageConfig::default();
-    storage.cassandra_nodes = nodes.to_owned();
-    storage.cassandra_keyspace = keyspace.to_owned();
-    storage.cassandra_replication = "{'class': 'SimpleStrategy', 'replication_factor': 1}".to_owned();
-    CassandraConfig::from_storage(&storage).unwrap()
-}
-
 /// A store on this process's test keyspace, created (once, serialised) on first use. Each
 /// test gets its own driver session: a session lives in the runtime that made it.
 async fn cassandra_store(nodes: &str) -> CassandraStore {
     static SCHEMA: tokio::sync::Mutex<bool> = tokio::sync::Mutex::const_new(false);
-    let config = cassandra_config(nodes, &format!("sbtest_conformance_{}", std::process::id()));
+    let config =
+        CassandraConfig::single_replica(nodes, &format!("sbtest_conformance_{}", std::process::id()))
+            .unwrap();
     let mut applied = SCHEMA.lock().await;
     if !*applied {
         let session = cassandra::connect(&config).await.unwrap();
@@ -95,7 +90,12 @@ async fn users_are_unique_case_insensitively() {
         let alice = user(&name);
         b.accounts.create_user(&alice, "phc-1").await.unwrap();
         assert_eq!(b.accounts.user(alice.id).await.unwrap().as_ref(), Some(&alice), "{}", b.name);
-        assert_eq!(b.accounts.user_by_name(&name.to_lowercase()).await.unwrap().as_ref(), Some(&alice), "{}", b.name);
+        assert_eq!(
+            b.accounts.user_by_name(&name.to_lowercase()).await.unwrap().as_ref(),
+            Some(&alice),
+            "{}",
+            b.name
+        );
         assert_eq!(b.accounts.password_hash(alice.id).await.unwrap().as_deref(), Some("phc-1"));
         let again = user(&name.to_uppercase());
         assert!(
@@ -129,7 +129,8 @@ async fn device_tokens_resolve_until_revoked() {
         };
         let (t1, t2, t3) = (*device.id.as_bytes(), *other.id.as_bytes(), *DeviceId::generate().as_bytes());
         let (t1, t2, t3) = ([t1, t1].concat(), [t2, t2].concat(), [t3, t3].concat());
-        let (t1, t2, t3): ([u8; 32], [u8; 32], [u8; 32]) = (t1.try_into().unwrap(), t2.try_into().unwrap(), t3.try_into().unwrap());
+        let (t1, t2, t3): ([u8; 32], [u8; 32], [u8; 32]) =
+            (t1.try_into().unwrap(), t2.try_into().unwrap(), t3.try_into().unwrap());
         b.accounts.create_device(&device, &t1).await.unwrap();
         b.accounts.create_device(&other, &t2).await.unwrap();
         assert_eq!(b.accounts.device_by_token(&t1).await.unwrap().as_ref(), Some(&device), "{}", b.name);
@@ -225,8 +226,18 @@ async fn history_pages_across_bucket_boundaries() {
         }
         let seqs = |v: Vec<StoredMessage>| v.into_iter().map(|m| m.seq).collect::<Vec<_>>();
         assert_eq!(b.chat.last_seq(c).await.unwrap(), 4200, "{}", b.name);
-        assert_eq!(seqs(b.chat.messages_after(c, 4090, 10).await.unwrap()), (4091..=4100).collect::<Vec<_>>(), "{}", b.name);
-        assert_eq!(seqs(b.chat.messages_before(c, 4100, 10).await.unwrap()), (4090..=4099).collect::<Vec<_>>(), "{}", b.name);
+        assert_eq!(
+            seqs(b.chat.messages_after(c, 4090, 10).await.unwrap()),
+            (4091..=4100).collect::<Vec<_>>(),
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            seqs(b.chat.messages_before(c, 4100, 10).await.unwrap()),
+            (4090..=4099).collect::<Vec<_>>(),
+            "{}",
+            b.name
+        );
         assert_eq!(seqs(b.chat.messages_before(c, u64::MAX, 3).await.unwrap()), [4198, 4199, 4200]);
         assert_eq!(b.chat.messages_after(c, 0, 5000).await.unwrap().len(), 4200);
         assert_eq!(b.chat.message_by_client_id(c, x, "m4097").await.unwrap().unwrap().seq, 4097);
