@@ -445,6 +445,21 @@ impl Connected {
             .map_err(|e| StoreError::Corrupt(e.to_string()))
     }
 
+    /// All rows of a query that may be long (a member list, a user's conversations), fetched
+    /// page by page by the driver.
+    async fn paged_rows<R>(
+        &self,
+        st: &PreparedStatement,
+        values: impl scylla::serialize::row::SerializeRow,
+    ) -> StoreResult<Vec<R>>
+    where
+        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm> + Unpin,
+    {
+        use futures_util::TryStreamExt;
+        let pager = self.session.execute_iter(st.clone(), values).await.map_err(unavailable)?;
+        pager.rows_stream::<R>().map_err(unavailable)?.try_collect().await.map_err(unavailable)
+    }
+
     async fn run(
         &self,
         st: &PreparedStatement,
@@ -710,7 +725,7 @@ impl ChatStore for CassandraStore {
 
     async fn members(&self, id: ConversationId) -> StoreResult<Vec<Member>> {
         let c = self.c()?;
-        let rows = c.rows::<(Uuid, Option<i64>, Option<i64>)>(&c.st.members, (id.0,)).await?;
+        let rows = c.paged_rows::<(Uuid, Option<i64>, Option<i64>)>(&c.st.members, (id.0,)).await?;
         Ok(rows
             .into_iter()
             .map(|(user, delivered, read)| Member {
@@ -725,7 +740,7 @@ impl ChatStore for CassandraStore {
 
     async fn user_conversations(&self, user: UserId) -> StoreResult<Vec<ConversationId>> {
         let c = self.c()?;
-        Ok(c.rows::<(Uuid,)>(&c.st.user_conversations, (user.0,))
+        Ok(c.paged_rows::<(Uuid,)>(&c.st.user_conversations, (user.0,))
             .await?
             .into_iter()
             .map(|(id,)| ConversationId(id))
