@@ -31,6 +31,9 @@ const DEVICE_NAME_MAX: usize = 64;
 pub struct Accounts {
     store: Arc<dyn AccountStore>,
     min_password_len: usize,
+    /// Password hashes running at once: one per core (each takes 19 MiB and a core for tens of
+    /// ms; more at once only queues them on the blocking pool and holds more memory).
+    hashing: Arc<tokio::sync::Semaphore>,
 }
 
 /// Usernames: 3–32 ASCII letters, digits, `_`, `.` or `-`, starting with a letter or digit.
@@ -47,13 +50,18 @@ pub fn validate_username(name: &str) -> Result<()> {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| Error::internal(format!("worker failed: {e}")))
+impl Accounts {
+    /// Runs a password hash or check on the blocking pool, at most one per core at a time.
+    async fn hashing<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        let _permit = self.hashing.acquire().await.map_err(|_| Error::internal("hashing closed"))?;
+        tokio::task::spawn_blocking(f).await.map_err(|e| Error::internal(format!("worker failed: {e}")))
+    }
 }
 
 impl Accounts {
     pub fn new(store: Arc<dyn AccountStore>, min_password_len: usize) -> Accounts {
-        Accounts { store, min_password_len }
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        Accounts { store, min_password_len, hashing: Arc::new(tokio::sync::Semaphore::new(cores)) }
     }
 
     fn validate_password(&self, password: &str) -> Result<()> {
@@ -76,7 +84,8 @@ impl Accounts {
         validate_username(username)?;
         self.validate_password(password)?;
         let password = password.to_owned();
-        let phc = blocking(move || crypto::hash_password(&password))
+        let phc = self
+            .hashing(move || crypto::hash_password(&password))
             .await?
             .map_err(|e| Error::internal(e.to_string()))?;
         let user = User { id: UserId::generate(), username: username.to_owned(), created_at: now_millis() };
@@ -104,11 +113,12 @@ impl Accounts {
         };
         let password = password.to_owned();
         // Verify even for unknown users so timing does not reveal which usernames exist.
-        let ok = blocking(move || {
-            let phc = phc.unwrap_or_else(dummy_hash);
-            crypto::verify_password(&password, &phc)
-        })
-        .await?;
+        let ok = self
+            .hashing(move || {
+                let phc = phc.unwrap_or_else(dummy_hash);
+                crypto::verify_password(&password, &phc)
+            })
+            .await?;
         match user {
             Some(user) if ok => self.new_device(user, device_name).await,
             _ => Err(wrong()),

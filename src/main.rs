@@ -3,11 +3,6 @@
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc, not glibc malloc: argon2id allocates 19 MiB per password hash, and glibc's
-/// dynamic mmap threshold then keeps those blocks in its arenas — measured here as ~13 MB of
-/// RSS retained per registration (13 GB after 1,000) — while mimalloc returns them.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use switchboard::config::Config;
