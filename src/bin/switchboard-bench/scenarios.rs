@@ -203,6 +203,27 @@ async fn register(http: &reqwest::Client, base: &str, name: &str) -> Result<(Str
     Ok((v["user_id"].as_str().unwrap_or_default().to_owned(), token))
 }
 
+/// Registers two users and opens their direct conversation: (a's token, b's token, id).
+async fn register_pair(
+    http: &reqwest::Client,
+    base: &str,
+    a: &str,
+    b: &str,
+) -> Result<(String, String, String), Failure> {
+    let (_, a_token) = register(http, base, a).await?;
+    let (b_id, b_token) = register(http, base, b).await?;
+    let v: Value = http
+        .post(format!("{base}/v1/conversations/direct"))
+        .bearer_auth(&a_token)
+        .json(&json!({"user_id": b_id}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let conversation = v["conversation_id"].as_str().ok_or("no conversation")?.to_owned();
+    Ok((a_token, b_token, conversation))
+}
+
 // ---------------------------------------------------------------- S1
 
 async fn s1_idle(sut: &Sut, n: usize) -> Result<IdleResult, Failure> {
@@ -389,17 +410,9 @@ impl Pairs {
         for pair in 0..n {
             let (channel, sender_token, receiver_token) = match sut.kind {
                 Kind::Switchboard => {
-                    let (_, a_token) = register(&http, &sut.http, &format!("bench_s{pair}")).await?;
-                    let (b_id, b_token) = register(&http, &sut.http, &format!("bench_r{pair}")).await?;
-                    let v: Value = http
-                        .post(format!("{}/v1/conversations/direct", sut.http))
-                        .bearer_auth(&a_token)
-                        .json(&json!({"user_id": b_id}))
-                        .send()
-                        .await?
-                        .json()
-                        .await?;
-                    let c = v["conversation_id"].as_str().ok_or("no conversation")?.to_owned();
+                    let (a_token, b_token, c) =
+                        register_pair(&http, &sut.http, &format!("bench_s{pair}"), &format!("bench_r{pair}"))
+                            .await?;
                     (c, Some(a_token), Some(b_token))
                 }
                 Kind::Centrifugo => (format!("p{pair}"), None, None),
@@ -594,17 +607,7 @@ async fn s6_history(
     payload: usize,
 ) -> Result<HistoryResult, Failure> {
     let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
-    let (_, a_token) = register(&http, &sut.http, "hist_a").await?;
-    let (b_id, _) = register(&http, &sut.http, "hist_b").await?;
-    let v: Value = http
-        .post(format!("{}/v1/conversations/direct", sut.http))
-        .bearer_auth(&a_token)
-        .json(&json!({"user_id": b_id}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let conversation = v["conversation_id"].as_str().ok_or("no conversation")?.to_owned();
+    let (a_token, _, conversation) = register_pair(&http, &sut.http, "hist_a", "hist_b").await?;
     // Fill the conversation, 200 pipelined sends at a time.
     let mut socket = ws::connect(&sut.ws_url, source_ip(0), Some(&a_token)).await?;
     target::handshake(Kind::Switchboard, &mut socket).await?;
