@@ -38,12 +38,7 @@ async fn cassandra_fault_sigkill_one_of_three_nodes_loses_nothing_acked() {
         ("SWITCHBOARD_CASSANDRA_CONSISTENCY", "local_quorum"),
         ("SWITCHBOARD_CASSANDRA_TIMEOUT_MS", "2000"),
     ];
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(["schema", "apply"])
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "schema apply: {}", String::from_utf8_lossy(&out.stderr));
+    schema_apply(env.iter().copied());
     let server = Server::start_env(&env).await;
     let (api, alice, bob, conversation) = pair(&server).await;
     let mut a = Ws::connect(&server, &alice).await;

@@ -168,13 +168,18 @@ fn cassandra_env(dir: &Path) -> Vec<(String, String)> {
         ),
     ];
     let _guard = SCHEMA_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    schema_apply(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    env
+}
+
+/// Runs `switchboard schema apply` with these overrides; panics with its stderr on failure.
+pub fn schema_apply<'a>(env: impl IntoIterator<Item = (&'a str, &'a str)>) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .args(["schema", "apply"])
-        .envs(env.iter().cloned())
+        .envs(env)
         .output()
         .unwrap();
     assert!(out.status.success(), "schema apply: {}", String::from_utf8_lossy(&out.stderr));
-    env
 }
 
 fn read_log(dir: &Path) -> String {

@@ -51,12 +51,7 @@ async fn missing_schema_names_the_command_then_recovers() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(detail.contains("switchboard schema apply"), "{detail}");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(["schema", "apply"])
-        .envs(env)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    schema_apply(env);
     // The node retries with backoff (1 s, 2 s, …) and becomes ready by itself.
     let mut ready = false;
     for _ in 0..100 {
