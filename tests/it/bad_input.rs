@@ -114,7 +114,7 @@ async fn bad_tokens_are_refused() {
 #[tokio::test]
 async fn silent_auth_and_idle_connections_are_closed() {
     let server =
-        Server::start_env(&[("SWITCHBOARD_AUTH_TIMEOUT_MS", "300"), ("SWITCHBOARD_HEARTBEAT_MS", "200")])
+        Server::start_env(&[("SWITCHBOARD_AUTH_TIMEOUT_MS", "300"), ("SWITCHBOARD_HEARTBEAT_MS", "400")])
             .await;
     let alice = server.api().register("alice").await;
     let mut anon = Ws::connect_anonymous(&server).await;
@@ -124,14 +124,14 @@ async fn silent_auth_and_idle_connections_are_closed() {
     // reads then answer the queued pings into a closed socket, so the close frame may be lost
     // on the client side; the server log says why it closed.)
     let mut idle = Ws::connect(&server, &alice).await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let frame = idle.closed().await;
     assert!(frame.is_none() || close_code(&frame) == 4002, "{frame:?}");
     assert!(server.log().contains("idle connection closed"), "{}", server.log());
 
     // A client that reads (and so answers pings) stays.
     let mut live = Ws::connect(&server, &alice).await;
-    live.expect_none("error", Duration::from_millis(1200)).await;
+    live.expect_none("error", Duration::from_millis(2500)).await;
     live.roundtrip().await;
 }
 
