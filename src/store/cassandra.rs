@@ -307,7 +307,13 @@ impl Statements {
 struct Connected {
     session: Session,
     st: Statements,
+    /// Buckets this process has recorded in `conversation_buckets`: the (idempotent) insert is
+    /// skipped for them, saving a round trip per append. Bounded; cleared when full.
+    known_buckets: Mutex<std::collections::HashSet<(Uuid, i64)>>,
 }
+
+/// How many (conversation, bucket) pairs `known_buckets` holds before it starts over.
+const KNOWN_BUCKETS_MAX: usize = 100_000;
 
 /// The Cassandra store. Cheap to clone.
 #[derive(Clone)]
@@ -418,7 +424,7 @@ impl CassandraStore {
             }
         }
         let st = Statements::prepare(&session, &config.keyspace).await?;
-        Ok(Connected { session, st })
+        Ok(Connected { session, st, known_buckets: Mutex::new(std::collections::HashSet::new()) })
     }
 
     fn c(&self) -> StoreResult<Arc<Connected>> {
@@ -535,7 +541,16 @@ impl Connected {
     async fn write_chunk(&self, rows: &[&StoredMessage]) -> StoreResult<()> {
         let bucket = bucket_of(rows[0].seq);
         let conversation = rows[0].conversation_id.0;
-        self.run(&self.st.insert_bucket, (conversation, bucket)).await?;
+        let known =
+            self.known_buckets.lock().unwrap_or_else(|p| p.into_inner()).contains(&(conversation, bucket));
+        if !known {
+            self.run(&self.st.insert_bucket, (conversation, bucket)).await?;
+            let mut known_buckets = self.known_buckets.lock().unwrap_or_else(|p| p.into_inner());
+            if known_buckets.len() >= KNOWN_BUCKETS_MAX {
+                known_buckets.clear();
+            }
+            known_buckets.insert((conversation, bucket));
+        }
         let mut batch = Batch::new(BatchType::Unlogged);
         batch.set_is_idempotent(true);
         let mut values = Vec::with_capacity(rows.len());
