@@ -5,13 +5,15 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 # Dependencies first, for layer caching.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src benches \
- && echo 'fn main() {}' > src/main.rs && echo '' > src/lib.rs \
- && echo 'fn main() {}' > benches/codec.rs && echo 'fn main() {}' > benches/store_append.rs \
- && cargo build --release --locked \
+RUN mkdir -p src/bin/switchboard-bench benches \
+ && echo '' > src/lib.rs \
+ && for f in src/main.rs src/bin/switchboard-bench/main.rs benches/codec.rs benches/store_append.rs \
+             benches/store_compare.rs; do echo 'fn main() {}' > "$f"; done \
+ && cargo build --release --locked --bins \
  && rm -rf src benches
 COPY src ./src
 COPY benches ./benches
+COPY schema.cql ./
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin switchboard
 
 FROM debian:bookworm-slim
