@@ -276,16 +276,3 @@ impl Handler<Drain> for Registry {
         MessageResult(self.sessions.len())
     }
 }
-
-/// How many sessions are registered (for readiness and tests).
-#[derive(Message)]
-#[rtype(result = "usize")]
-pub struct CountSessions;
-
-impl Handler<CountSessions> for Registry {
-    type Result = MessageResult<CountSessions>;
-
-    fn handle(&mut self, _: CountSessions, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.sessions.len())
-    }
-}

@@ -131,11 +131,6 @@ impl EmbeddedStore {
             .await
             .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
     }
-
-    /// Syncs everything written so far to disk.
-    pub fn persist(&self) -> StoreResult<()> {
-        self.inner.db.persist(PersistMode::SyncAll).map_err(unavailable)
-    }
 }
 
 impl Inner {
