@@ -6,7 +6,7 @@
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use std::path::PathBuf;
 use switchboard::model::*;
-use switchboard::store::ChatStore;
+use switchboard::store::MessageLog;
 use switchboard::store::embedded::EmbeddedStore;
 
 const CONVERSATIONS: usize = 1_000;

@@ -45,6 +45,7 @@ pub struct StorageConfig {
     pub presence_backend: String,
     pub data_dir: String,
     pub group_commit_max: u32,
+    pub owner_shards: u32,
     pub cassandra_nodes: String,
     pub cassandra_keyspace: String,
     pub cassandra_local_dc: String,
@@ -60,6 +61,7 @@ impl Default for StorageConfig {
             presence_backend: "memory".into(),
             data_dir: "./data".into(),
             group_commit_max: 1024,
+            owner_shards: 0,
             cassandra_nodes: "127.0.0.1:9042".into(),
             cassandra_keyspace: "switchboard".into(),
             cassandra_local_dc: "datacenter1".into(),
@@ -75,11 +77,24 @@ impl Default for StorageConfig {
 pub struct SecurityConfig {
     pub master_key: String,
     pub min_password_len: u32,
+    pub token_ttl_days: u32,
+    pub login_ip_per_min: u32,
+    pub login_user_per_min: u32,
+    pub register_ip_per_hour: u32,
+    pub hash_queue_max: u32,
 }
 
 impl Default for SecurityConfig {
     fn default() -> Self {
-        SecurityConfig { master_key: String::new(), min_password_len: 8 }
+        SecurityConfig {
+            master_key: String::new(),
+            min_password_len: 8,
+            token_ttl_days: 30,
+            login_ip_per_min: 30,
+            login_user_per_min: 10,
+            register_ip_per_hour: 20,
+            hash_queue_max: 32,
+        }
     }
 }
 
@@ -89,6 +104,11 @@ impl fmt::Debug for SecurityConfig {
         f.debug_struct("SecurityConfig")
             .field("master_key", &key)
             .field("min_password_len", &self.min_password_len)
+            .field("token_ttl_days", &self.token_ttl_days)
+            .field("login_ip_per_min", &self.login_ip_per_min)
+            .field("login_user_per_min", &self.login_user_per_min)
+            .field("register_ip_per_hour", &self.register_ip_per_hour)
+            .field("hash_queue_max", &self.hash_queue_max)
             .finish()
     }
 }
@@ -98,7 +118,8 @@ impl fmt::Debug for SecurityConfig {
 pub struct WebSocketConfig {
     pub heartbeat_ms: u64,
     pub auth_timeout_ms: u64,
-    pub outbound_queue: u32,
+    pub outbound_bytes: u32,
+    pub write_stall_ms: u64,
     pub max_frame_bytes: u32,
 }
 
@@ -107,7 +128,8 @@ impl Default for WebSocketConfig {
         WebSocketConfig {
             heartbeat_ms: 15_000,
             auth_timeout_ms: 10_000,
-            outbound_queue: 1024,
+            outbound_bytes: 4 * 1024 * 1024,
+            write_stall_ms: 10_000,
             max_frame_bytes: 256 * 1024,
         }
     }
@@ -120,8 +142,10 @@ pub struct LimitsConfig {
     pub rate_per_sec: u32,
     pub rate_burst: u32,
     pub rate_strikes: u32,
+    pub rate_strike_decay_ms: u64,
     pub typing_interval_ms: u64,
     pub sync_limit_max: u32,
+    pub sync_round_max: u32,
 }
 
 impl Default for LimitsConfig {
@@ -131,8 +155,10 @@ impl Default for LimitsConfig {
             rate_per_sec: 50,
             rate_burst: 200,
             rate_strikes: 20,
+            rate_strike_decay_ms: 10_000,
             typing_interval_ms: 1_000,
             sync_limit_max: 500,
+            sync_round_max: 1_000,
         }
     }
 }
@@ -240,8 +266,33 @@ impl Config {
         if self.websocket.auth_timeout_ms == 0 {
             return Err(invalid("websocket.auth_timeout_ms", "must be positive"));
         }
-        if self.websocket.outbound_queue < 16 {
-            return Err(invalid("websocket.outbound_queue", "must be at least 16"));
+        // One frame of the largest size must fit the output bound.
+        if (self.websocket.outbound_bytes as u64) < 2 * self.websocket.max_frame_bytes as u64 {
+            return Err(invalid(
+                "websocket.outbound_bytes",
+                "must be at least 2 × websocket.max_frame_bytes",
+            ));
+        }
+        if self.websocket.write_stall_ms < 100 {
+            return Err(invalid("websocket.write_stall_ms", "must be at least 100"));
+        }
+        if self.security.token_ttl_days == 0 {
+            return Err(invalid("security.token_ttl_days", "must be at least 1"));
+        }
+        if self.security.login_ip_per_min == 0
+            || self.security.login_user_per_min == 0
+            || self.security.register_ip_per_hour == 0
+        {
+            return Err(invalid(
+                "security.login_ip_per_min",
+                "login and registration limits must be positive",
+            ));
+        }
+        if self.security.hash_queue_max == 0 {
+            return Err(invalid("security.hash_queue_max", "must be at least 1"));
+        }
+        if self.limits.sync_round_max == 0 {
+            return Err(invalid("limits.sync_round_max", "must be positive"));
         }
         if self.limits.max_body_bytes == 0 {
             return Err(invalid("limits.max_body_bytes", "must be positive"));
@@ -264,6 +315,14 @@ impl Config {
 
     pub fn http_addr(&self) -> Result<SocketAddr, std::net::AddrParseError> {
         self.server.http_addr.parse()
+    }
+
+    /// Owner shards: the configured count, or one per core.
+    pub fn owner_shards(&self) -> usize {
+        match self.storage.owner_shards {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            n => n as usize,
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {

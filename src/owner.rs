@@ -285,27 +285,38 @@ impl Owner {
         let started = Instant::now();
         let result = self.store.append(&messages).await;
         self.metrics.store_append_seconds.observe(started.elapsed());
-        match result {
-            Ok(()) => {
-                Metrics::inc(&self.metrics.group_commits_total);
-                for a in accepted {
-                    Metrics::inc(&self.metrics.messages_stored_total);
-                    let sent = Sent::of(&a.message);
-                    for reply in a.replies {
-                        let _ = reply.send(Ok(sent.clone()));
+        let stored: Vec<bool> = match &result {
+            Ok(()) => vec![true; accepted.len()],
+            Err(failure) => {
+                let mut stored = vec![false; accepted.len()];
+                for &i in &failure.stored {
+                    if let Some(slot) = stored.get_mut(i) {
+                        *slot = true;
                     }
-                    self.publish(a.message, a.body, a.audience);
                 }
+                tracing::warn!(error = %failure.error, batch = messages.len(), stored = failure.stored.len(),
+                    "durable append failed; only what was stored is acked");
+                stored
             }
-            Err(e) => {
-                tracing::warn!(error = %e, batch = messages.len(), "durable append failed; nothing acked");
-                let error: Error = e.into();
-                for a in accepted {
-                    // Forget the reservation: the next send reloads last_seq from the store.
-                    self.last_seq.remove(&a.message.conversation_id);
-                    for reply in a.replies {
-                        let _ = reply.send(Err(error.clone()));
-                    }
+        };
+        if result.is_ok() {
+            Metrics::inc(&self.metrics.group_commits_total);
+        }
+        let error: Option<Error> = result.err().map(|f| f.error.into());
+        for (a, stored) in accepted.into_iter().zip(stored) {
+            if stored {
+                Metrics::inc(&self.metrics.messages_stored_total);
+                let sent = Sent::of(&a.message);
+                for reply in a.replies {
+                    let _ = reply.send(Ok(sent.clone()));
+                }
+                self.publish(a.message, a.body, a.audience);
+            } else {
+                // Forget the reservation: the next send reloads last_seq from the store.
+                self.last_seq.remove(&a.message.conversation_id);
+                let error = error.clone().unwrap_or_else(|| Error::internal("append outcome missing"));
+                for reply in a.replies {
+                    let _ = reply.send(Err(error.clone()));
                 }
             }
         }

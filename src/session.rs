@@ -84,7 +84,7 @@ impl Session {
         socket: actix_ws::Session,
         stream: AggregatedMessageStream,
     ) {
-        let (out, rx) = mpsc::channel(node.config.websocket.outbound_queue as usize);
+        let (out, rx) = mpsc::channel(1024);
         let (kill, kill_rx) = oneshot::channel();
         actix::spawn(write_loop(socket, rx, kill_rx, node.metrics.clone()));
         let limits = &node.config.limits;
@@ -566,7 +566,7 @@ impl Handler<SessionEvent> for Session {
             SessionEvent::Message { conversation_id, seq, text } => {
                 if self.syncs_in_flight > 0 {
                     // Held frames count against the same bound as queued ones.
-                    if self.held.len() >= self.node.config.websocket.outbound_queue as usize {
+                    if self.held.len() >= 1024 {
                         self.slow_consumer(ctx);
                         return;
                     }

@@ -5,7 +5,7 @@
 //! background with backoff; until connected and the schema matches, every call answers
 //! `Unavailable` (so `/readyz` is false and sends get `store_unavailable`).
 
-use super::{AccountStore, ChatStore, StoreError, StoreResult};
+use super::{AccountStore, AppendError, DirectoryStore, MessageLog, ReceiptStore, StoreError, StoreResult};
 use crate::config::StorageConfig;
 use crate::model::{
     Conversation, ConversationId, ConversationKind, Device, DeviceId, Member, MessageId, MessageKind,
@@ -664,7 +664,7 @@ impl AccountStore for CassandraStore {
 }
 
 #[async_trait]
-impl ChatStore for CassandraStore {
+impl DirectoryStore for CassandraStore {
     async fn create_direct(&self, conversation: &Conversation) -> StoreResult<Conversation> {
         let [a, b] = conversation.members[..] else {
             return Err(StoreError::Conflict("a direct conversation has two members".into()));
@@ -761,12 +761,15 @@ impl ChatStore for CassandraStore {
             .map(|(id,)| ConversationId(id))
             .collect())
     }
+}
 
+#[async_trait]
+impl MessageLog for CassandraStore {
     async fn last_seq(&self, id: ConversationId) -> StoreResult<u64> {
         self.c()?.last_seq(id).await
     }
 
-    async fn append(&self, messages: &[StoredMessage]) -> StoreResult<()> {
+    async fn append(&self, messages: &[StoredMessage]) -> Result<(), AppendError> {
         let c = self.c()?;
         let mut by_conversation: BTreeMap<ConversationId, Vec<&StoredMessage>> = BTreeMap::new();
         for m in messages {
@@ -844,6 +847,18 @@ impl ChatStore for CassandraStore {
         Ok(out)
     }
 
+    async fn ping(&self) -> StoreResult<()> {
+        let c = self.c()?;
+        let rows = c.rows::<(i32,)>(&c.st.schema_version, ()).await?;
+        match rows.first() {
+            Some((v,)) if *v == SCHEMA_VERSION => Ok(()),
+            _ => Err(unavailable("schema missing or old: run `switchboard schema apply`")),
+        }
+    }
+}
+
+#[async_trait]
+impl ReceiptStore for CassandraStore {
     async fn advance_watermarks(
         &self,
         conversation: ConversationId,
@@ -868,14 +883,5 @@ impl ChatStore for CassandraStore {
             c.run(&c.st.set_read, (v, v, conversation.0, user.0)).await?;
         }
         Ok(Some((next, next != current)))
-    }
-
-    async fn ping(&self) -> StoreResult<()> {
-        let c = self.c()?;
-        let rows = c.rows::<(i32,)>(&c.st.schema_version, ()).await?;
-        match rows.first() {
-            Some((v,)) if *v == SCHEMA_VERSION => Ok(()),
-            _ => Err(unavailable("schema missing or old: run `switchboard schema apply`")),
-        }
     }
 }

@@ -3,7 +3,7 @@
 //! commit); read-modify-write rules (unique usernames, one direct conversation per pair,
 //! monotonic watermarks) are serialised by one mutex.
 
-use super::{AccountStore, ChatStore, StoreError, StoreResult};
+use super::{AccountStore, AppendError, DirectoryStore, MessageLog, ReceiptStore, StoreError, StoreResult};
 use crate::model::{
     Conversation, ConversationId, Device, DeviceId, Member, StoredMessage, User, UserId, Watermarks,
 };
@@ -272,7 +272,7 @@ impl AccountStore for EmbeddedStore {
 }
 
 #[async_trait]
-impl ChatStore for EmbeddedStore {
+impl DirectoryStore for EmbeddedStore {
     async fn create_direct(&self, conversation: &Conversation) -> StoreResult<Conversation> {
         let conversation = conversation.clone();
         self.blocking(move |s| {
@@ -341,7 +341,10 @@ impl ChatStore for EmbeddedStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl MessageLog for EmbeddedStore {
     async fn last_seq(&self, id: ConversationId) -> StoreResult<u64> {
         self.blocking(move |s| match s.messages.prefix(id.as_bytes()).next_back() {
             None => Ok(0),
@@ -357,7 +360,7 @@ impl ChatStore for EmbeddedStore {
         .await
     }
 
-    async fn append(&self, messages: &[StoredMessage]) -> StoreResult<()> {
+    async fn append(&self, messages: &[StoredMessage]) -> Result<(), AppendError> {
         let rows: Vec<([u8; 24], Vec<u8>, Vec<u8>, u64)> = messages
             .iter()
             .map(|m| {
@@ -378,6 +381,7 @@ impl ChatStore for EmbeddedStore {
             batch.commit().map_err(unavailable)
         })
         .await
+        .map_err(AppendError::from)
     }
 
     async fn message_by_client_id(
@@ -431,6 +435,17 @@ impl ChatStore for EmbeddedStore {
         .await
     }
 
+    async fn ping(&self) -> StoreResult<()> {
+        self.blocking(|s| {
+            s.users.first_key_value();
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl ReceiptStore for EmbeddedStore {
     async fn advance_watermarks(
         &self,
         conversation: ConversationId,
@@ -453,14 +468,6 @@ impl ChatStore for EmbeddedStore {
             // process crash) and the disk with the next sync.
             s.members.insert(key, encode(&next)).map_err(unavailable)?;
             Ok(Some((next, true)))
-        })
-        .await
-    }
-
-    async fn ping(&self) -> StoreResult<()> {
-        self.blocking(|s| {
-            s.users.first_key_value();
-            Ok(())
         })
         .await
     }

@@ -1,6 +1,7 @@
-//! Persistence ports: the app-shaped traits `AccountStore` and `ChatStore` (the contract every
-//! backend meets, proven by `tests/it/store_conformance.rs`), their error type, and
-//! `Stores::open`, the one place a backend is chosen from config.
+//! Persistence ports, one trait per role — `AccountStore`, `DirectoryStore`, `MessageLog`,
+//! `ReceiptStore`, `PresenceStore` (`ChatStore` is the union a chat backend provides) — the
+//! contract every backend meets (proven by `tests/it/store_conformance.rs`), their error
+//! types, and `Stores::open`, the one place a backend is chosen from config.
 
 pub mod cassandra;
 pub mod embedded;
@@ -47,23 +48,49 @@ pub trait AccountStore: Send + Sync + 'static {
     async fn revoke_device(&self, id: DeviceId) -> StoreResult<()>;
 }
 
-/// Conversations, membership with receipt watermarks, and the message log.
+/// Conversations and who is in them (the directory). Membership changes are rare; reads are
+/// cached above this trait (`conversation::Directory`).
 #[async_trait]
-pub trait ChatStore: Send + Sync + 'static {
+pub trait DirectoryStore: Send + Sync + 'static {
     /// Creates the direct conversation of a pair once: if the pair already has one, returns
     /// that one and ignores `conversation` (a conditional insert). Durable on return.
     async fn create_direct(&self, conversation: &Conversation) -> StoreResult<Conversation>;
     async fn conversation(&self, id: ConversationId) -> StoreResult<Option<Conversation>>;
     /// The direct conversation of two users, if one exists.
     async fn direct_between(&self, a: UserId, b: UserId) -> StoreResult<Option<ConversationId>>;
+    /// Members with their receipt watermarks.
     async fn members(&self, id: ConversationId) -> StoreResult<Vec<Member>>;
     async fn user_conversations(&self, user: UserId) -> StoreResult<Vec<ConversationId>>;
-    /// The highest stored seq of the conversation (0 when empty).
+}
+
+/// An append that did not fully succeed. `stored` lists the indices (into the appended slice)
+/// of messages that are durably stored all the same — a backend without cross-partition
+/// atomicity may store a gapless prefix of a conversation's messages before failing. Those
+/// must be acknowledged and delivered; every other message of the batch is not stored (or its
+/// outcome is unknown, which a retry with the same client id resolves).
+#[derive(Debug, Clone)]
+pub struct AppendError {
+    pub error: StoreError,
+    pub stored: Vec<usize>,
+}
+
+impl From<StoreError> for AppendError {
+    fn from(error: StoreError) -> Self {
+        AppendError { error, stored: Vec::new() }
+    }
+}
+
+/// The message log: each conversation's messages by gapless seq, and the client-id index that
+/// makes a send idempotent. One writer per conversation (its owner shard) appends.
+#[async_trait]
+pub trait MessageLog: Send + Sync + 'static {
+    /// The highest stored seq of the conversation (0 when empty). Never lower than a seq that
+    /// an `append` reported stored, whatever failed in between.
     async fn last_seq(&self, id: ConversationId) -> StoreResult<u64>;
-    /// Stores the messages and their client-id index atomically and durably (one sync for the
-    /// whole batch: group commit). Seqs are assigned by the caller, the conversation's single
-    /// writer; on error nothing of the batch is stored.
-    async fn append(&self, messages: &[StoredMessage]) -> StoreResult<()>;
+    /// Stores the messages and their client-id index durably (one sync for the whole batch:
+    /// group commit). Seqs are assigned by the caller, the conversation's single writer. On
+    /// error, `AppendError::stored` says which messages are stored anyway.
+    async fn append(&self, messages: &[StoredMessage]) -> Result<(), AppendError>;
     /// The message an author stored with this client id, if any (idempotency).
     async fn message_by_client_id(
         &self,
@@ -97,6 +124,14 @@ pub trait ChatStore: Send + Sync + 'static {
         before: u64,
         limit: usize,
     ) -> StoreResult<Vec<StoredMessage>>;
+    /// Whether the log can take writes now (for `/readyz`): `Unavailable` while the backend is
+    /// unreachable or cannot write (e.g. a full disk).
+    async fn ping(&self) -> StoreResult<()>;
+}
+
+/// Receipt watermarks per (conversation, member).
+#[async_trait]
+pub trait ReceiptStore: Send + Sync + 'static {
     /// Raises the member's watermarks to at least `to` (a read raises delivered too) and
     /// returns the result and whether anything changed. Never lowers a watermark. `None` if
     /// the user is not a member.
@@ -106,9 +141,12 @@ pub trait ChatStore: Send + Sync + 'static {
         user: UserId,
         to: Watermarks,
     ) -> StoreResult<Option<(Watermarks, bool)>>;
-    /// Cheap reachability check for `/readyz`.
-    async fn ping(&self) -> StoreResult<()>;
 }
+
+/// Everything a chat backend provides; each component takes only the role it uses.
+pub trait ChatStore: DirectoryStore + MessageLog + ReceiptStore {}
+
+impl<T: DirectoryStore + MessageLog + ReceiptStore> ChatStore for T {}
 
 /// The backends of one node, chosen from config.
 #[derive(Clone)]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use switchboard::model::*;
 use switchboard::store::cassandra::{self, CassandraConfig, CassandraStore};
 use switchboard::store::embedded::EmbeddedStore;
-use switchboard::store::{AccountStore, ChatStore, StoreError};
+use switchboard::store::{AccountStore, ChatStore, DirectoryStore, MessageLog, StoreError};
 
 /// A backend under test, with whatever keeps its storage alive.
 pub struct Backend {
