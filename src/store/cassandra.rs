@@ -5,7 +5,9 @@
 //! background with backoff; until connected and the schema matches, every call answers
 //! `Unavailable` (so `/readyz` is false and sends get `store_unavailable`).
 
-use super::{AccountStore, AppendError, DirectoryStore, MessageLog, ReceiptStore, StoreError, StoreResult};
+use super::{
+    AccountStore, AppendError, DirectoryStore, MessageLog, MetaStore, ReceiptStore, StoreError, StoreResult,
+};
 use crate::config::StorageConfig;
 use crate::model::{
     Conversation, ConversationId, ConversationKind, Device, DeviceId, Member, MessageId, MessageKind,
@@ -661,6 +663,15 @@ impl AccountStore for CassandraStore {
         c.run(&c.st.revoke_device, (id.0,)).await?;
         c.run(&c.st.delete_token, (token_hash,)).await
     }
+
+    async fn touch_device(&self, _id: DeviceId, _at: crate::model::Millis) -> StoreResult<()> {
+        // TODO(store helper): device_seen table
+        Ok(())
+    }
+
+    async fn device_last_used(&self, _id: DeviceId) -> StoreResult<Option<crate::model::Millis>> {
+        Ok(None)
+    }
 }
 
 #[async_trait]
@@ -883,5 +894,17 @@ impl ReceiptStore for CassandraStore {
             c.run(&c.st.set_read, (v, v, conversation.0, user.0)).await?;
         }
         Ok(Some((next, next != current)))
+    }
+}
+
+#[async_trait]
+impl MetaStore for CassandraStore {
+    async fn meta(&self, _key: &str) -> StoreResult<Option<Vec<u8>>> {
+        // TODO(store helper): meta table
+        Ok(None)
+    }
+
+    async fn init_meta(&self, _key: &str, value: &[u8]) -> StoreResult<Vec<u8>> {
+        Ok(value.to_vec())
     }
 }

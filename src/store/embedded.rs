@@ -3,9 +3,11 @@
 //! commit); read-modify-write rules (unique usernames, one direct conversation per pair,
 //! monotonic watermarks) are serialised by one mutex.
 
-use super::{AccountStore, AppendError, DirectoryStore, MessageLog, ReceiptStore, StoreError, StoreResult};
+use super::{
+    AccountStore, AppendError, DirectoryStore, MessageLog, MetaStore, ReceiptStore, StoreError, StoreResult,
+};
 use crate::model::{
-    Conversation, ConversationId, Device, DeviceId, Member, StoredMessage, User, UserId, Watermarks,
+    Conversation, ConversationId, Device, DeviceId, Member, Millis, StoredMessage, User, UserId, Watermarks,
 };
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -39,6 +41,10 @@ struct Inner {
     messages: Keyspace,
     /// conversation_id ++ author_id ++ client_msg_id → seq(BE)
     client_ids: Keyspace,
+    /// device_id → last use of its token, millis (BE)
+    device_seen: Keyspace,
+    /// name → value: node-wide settings (the master key check)
+    meta: Keyspace,
     /// Serialises read-modify-write operations.
     rmw: Mutex<()>,
 }
@@ -114,6 +120,8 @@ impl EmbeddedStore {
             user_conversations: ks("user_conversations")?,
             messages: ks("messages")?,
             client_ids: ks("client_ids")?,
+            device_seen: ks("device_seen")?,
+            meta: ks("meta")?,
             rmw: Mutex::new(()),
             db,
         };
@@ -266,6 +274,27 @@ impl AccountStore for EmbeddedStore {
             batch.remove(&s.tokens, row.token_hash);
             batch.insert(&s.devices, id.as_bytes(), encode(&row));
             batch.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn touch_device(&self, id: DeviceId, at: Millis) -> StoreResult<()> {
+        self.blocking(move |s| {
+            let _guard = s.lock();
+            let current = s.device_seen.get(id.as_bytes()).map_err(unavailable)?;
+            let current = current.and_then(|v| <[u8; 8]>::try_from(&v[..]).ok()).map(i64::from_be_bytes);
+            if current.is_none_or(|c| c < at) {
+                s.device_seen.insert(id.as_bytes(), at.to_be_bytes()).map_err(unavailable)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn device_last_used(&self, id: DeviceId) -> StoreResult<Option<Millis>> {
+        self.blocking(move |s| {
+            let v = s.device_seen.get(id.as_bytes()).map_err(unavailable)?;
+            Ok(v.and_then(|v| <[u8; 8]>::try_from(&v[..]).ok()).map(i64::from_be_bytes))
         })
         .await
     }
@@ -468,6 +497,29 @@ impl ReceiptStore for EmbeddedStore {
             // process crash) and the disk with the next sync.
             s.members.insert(key, encode(&next)).map_err(unavailable)?;
             Ok(Some((next, true)))
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl MetaStore for EmbeddedStore {
+    async fn meta(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        let key = key.to_owned();
+        self.blocking(move |s| Ok(s.meta.get(&key).map_err(unavailable)?.map(|v| v.to_vec()))).await
+    }
+
+    async fn init_meta(&self, key: &str, value: &[u8]) -> StoreResult<Vec<u8>> {
+        let (key, value) = (key.to_owned(), value.to_vec());
+        self.blocking(move |s| {
+            let _guard = s.lock();
+            if let Some(existing) = s.meta.get(&key).map_err(unavailable)? {
+                return Ok(existing.to_vec());
+            }
+            let mut batch = s.db.batch().durability(Some(PersistMode::SyncAll));
+            batch.insert(&s.meta, key.as_bytes(), value.clone());
+            batch.commit().map_err(unavailable)?;
+            Ok(value)
         })
         .await
     }

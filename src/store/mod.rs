@@ -9,7 +9,7 @@ pub mod presence;
 
 use crate::config::Config;
 use crate::model::{
-    Conversation, ConversationId, Device, DeviceId, Member, StoredMessage, User, UserId, Watermarks,
+    Conversation, ConversationId, Device, DeviceId, Member, Millis, StoredMessage, User, UserId, Watermarks,
 };
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -46,6 +46,22 @@ pub trait AccountStore: Send + Sync + 'static {
     async fn device_by_token(&self, token_hash: &[u8; 32]) -> StoreResult<Option<Device>>;
     /// Marks the device revoked and forgets its token. Durable on return.
     async fn revoke_device(&self, id: DeviceId) -> StoreResult<()>;
+    /// Records that the device's token was used at `at` (sliding token expiry). Need not be
+    /// durable at once; never moves the time backwards.
+    async fn touch_device(&self, id: DeviceId, at: Millis) -> StoreResult<()>;
+    /// When the device's token was last used, if recorded (otherwise its `created_at` counts).
+    async fn device_last_used(&self, id: DeviceId) -> StoreResult<Option<Millis>>;
+}
+
+/// Node-wide settings that must travel with the data, such as the master key's check value.
+#[async_trait]
+pub trait MetaStore: Send + Sync + 'static {
+    /// The value stored under `key`, if any.
+    async fn meta(&self, key: &str) -> StoreResult<Option<Vec<u8>>>;
+    /// Stores `value` under `key` unless a value is there (a conditional insert), and returns
+    /// the value stored now: `value` if it was absent, the existing one otherwise. Durable on
+    /// return.
+    async fn init_meta(&self, key: &str, value: &[u8]) -> StoreResult<Vec<u8>>;
 }
 
 /// Conversations and who is in them (the directory). Membership changes are rare; reads are
@@ -151,6 +167,7 @@ impl<T: DirectoryStore + MessageLog + ReceiptStore> ChatStore for T {}
 /// The backends of one node, chosen from config.
 #[derive(Clone)]
 pub struct Stores {
+    pub meta: Arc<dyn MetaStore>,
     pub accounts: Arc<dyn AccountStore>,
     pub chat: Arc<dyn ChatStore>,
     pub presence: Arc<dyn presence::PresenceStore>,
@@ -167,9 +184,9 @@ impl Stores {
             let cassandra_config =
                 cassandra::CassandraConfig::from_storage(&config.storage).map_err(StoreError::Unavailable)?;
             let store = Arc::new(cassandra::CassandraStore::start(cassandra_config));
-            return Ok(Stores { accounts: store.clone(), chat: store, presence });
+            return Ok(Stores { meta: store.clone(), accounts: store.clone(), chat: store, presence });
         }
         let embedded = Arc::new(embedded::EmbeddedStore::open(&config.data_dir().join("store"))?);
-        Ok(Stores { accounts: embedded.clone(), chat: embedded, presence })
+        Ok(Stores { meta: embedded.clone(), accounts: embedded.clone(), chat: embedded, presence })
     }
 }
