@@ -11,21 +11,18 @@
 //! - data: [`model`], [`protocol`]; plumbing: [`config`], [`crypto`], [`error`],
 //!   [`telemetry`], [`rate_limit`], [`node`] (wiring); [`cli_client`] (the terminal client)
 
-pub mod accounts;
+pub mod account;
 pub mod cli_client;
 pub mod config;
-pub mod conversations;
+pub mod conversation;
 pub mod crypto;
+pub mod delivery;
 pub mod error;
 pub mod http;
 pub mod model;
 pub mod node;
-pub mod owner;
 pub mod protocol;
 pub mod rate_limit;
-pub mod reader;
-pub mod registry;
-pub mod router;
 pub mod session;
 pub mod store;
 pub mod telemetry;

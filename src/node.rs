@@ -1,14 +1,14 @@
 //! `Node`: one running switchboard node — its stores, actors and services, created and wired
 //! in one place (`Node::start`), and shared with the HTTP edge and every Session.
 
-use crate::accounts::Accounts;
+use crate::account::Accounts;
 use crate::config::Config;
-use crate::conversations::Conversations;
+use crate::conversation::directory::Conversations;
+use crate::conversation::history::HistoryReader;
+use crate::conversation::owner::{Owner, OwnerHandle};
 use crate::crypto::MasterKey;
-use crate::owner::{Owner, OwnerHandle};
-use crate::reader::HistoryReader;
-use crate::registry::{Drain, Registry};
-use crate::router::Router;
+use crate::delivery::Router;
+use crate::delivery::registry::{Drain, Registry};
 use crate::store::Stores;
 use crate::telemetry::Metrics;
 use actix::{Actor, Addr};

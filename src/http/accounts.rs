@@ -2,10 +2,10 @@
 //! `GET /v1/users/{username}`.
 
 use super::{ApiResult, Authenticated, NodeData};
-use crate::accounts::NewSession;
+use crate::account::NewSession;
+use crate::delivery::registry::RevokeDevice;
 use crate::error::Error;
 use crate::model::{DeviceId, UserId};
-use crate::registry::RevokeDevice;
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
 

@@ -6,7 +6,7 @@ mod conversations;
 mod health;
 mod ws;
 
-use crate::accounts::Identity;
+use crate::account::Identity;
 use crate::error::{Error, ErrorCode};
 use crate::node::Node;
 use actix_web::dev::Payload;

@@ -6,31 +6,11 @@
 //! Ordering: the owner publishes each conversation's events in seq order, and the Router and
 //! Registry mailboxes are FIFO, so every session receives them in seq order.
 
-use crate::model::{DeviceId, UserId};
-use crate::registry::{Deliver, Registry};
-use crate::session::SessionEvent;
+use super::registry::{Deliver, Registry};
+use crate::delivery::{Audience, SessionEvent};
+use crate::model::UserId;
 use actix::{Actor, Addr, Context, Handler, Message};
 use std::sync::Arc;
-
-/// Which of the audience's devices an event skips.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Audience {
-    All,
-    /// The device that caused the event (it got its own reply, e.g. `sent`).
-    AllButDevice(DeviceId),
-    /// Every device of one user (e.g. the typing user's own).
-    AllButUser(UserId),
-}
-
-impl Audience {
-    pub fn includes(&self, user: UserId, device: DeviceId) -> bool {
-        match *self {
-            Audience::All => true,
-            Audience::AllButDevice(d) => d != device,
-            Audience::AllButUser(u) => u != user,
-        }
-    }
-}
 
 /// Deliver `event` to the connected devices of `audience`.
 #[derive(Message)]

@@ -2,10 +2,10 @@
 //! of presence — who is online, last seen, who watches whom — pushed to watchers on change and
 //! mirrored, with periodic heartbeats, into the `PresenceStore`.
 
+use crate::delivery::Audience;
+use crate::delivery::SessionEvent;
 use crate::model::{DeviceId, Millis, UserId, now_millis};
 use crate::protocol::{ServerFrame, close_code};
-use crate::router::Audience;
-use crate::session::SessionEvent;
 use crate::store::presence::PresenceStore;
 use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult, Recipient, ResponseFuture};
 use std::collections::{HashMap, HashSet};

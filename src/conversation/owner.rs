@@ -6,15 +6,15 @@
 //! It is an actor in the handle style: one task owns the state and drains an mpsc queue; every
 //! drained batch becomes one durable append (many messages per fsync).
 
-use crate::accounts::Identity;
-use crate::conversations::{ConversationInfo, Conversations};
+use crate::account::Identity;
+use crate::conversation::directory::{ConversationInfo, Conversations};
+use crate::delivery::SessionEvent;
+use crate::delivery::{Audience, Publish, Router};
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::{
     ConversationId, MessageId, MessageKind, Millis, StoredMessage, UserId, Watermarks, now_millis,
 };
 use crate::protocol::{MessageView, ServerFrame};
-use crate::router::{Audience, Publish, Router};
-use crate::session::SessionEvent;
 use crate::store::ChatStore;
 use crate::telemetry::Metrics;
 use actix::Addr;

@@ -2,7 +2,7 @@
 //! sync after cursors, the conversation list with unread counts — with membership checked
 //! and bodies decrypted. Sessions and REST handlers read through it, never through a store.
 
-use crate::conversations::Conversations;
+use crate::conversation::directory::Conversations;
 use crate::error::Result;
 use crate::model::{ConversationId, ConversationKind, UserId, Watermarks};
 use crate::protocol::{MessageView, SyncState};

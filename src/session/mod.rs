@@ -4,15 +4,15 @@
 //! server frames in order through one bounded writer task (a client that stops reading is
 //! closed, not buffered without end). It never touches a store.
 
-use crate::accounts::Identity;
+use crate::account::Identity;
+use crate::conversation::owner::SendRequest;
+use crate::delivery::registry::{Connect, Disconnect, SessionId, Subscribe};
+use crate::delivery::{Audience, Publish, SessionEvent};
 use crate::error::{Error, ErrorCode};
 use crate::model::{ConversationId, UserId, Watermarks};
 use crate::node::Node;
-use crate::owner::SendRequest;
 use crate::protocol::{ClientFrame, ServerFrame, close_code, decode_client_frame};
 use crate::rate_limit::TokenBucket;
-use crate::registry::{Connect, Disconnect, SessionId, Subscribe};
-use crate::router::{Audience, Publish};
 use crate::telemetry::Metrics;
 use actix::prelude::*;
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError};
@@ -29,18 +29,6 @@ const CLIENT_MSG_ID_MAX: usize = 128;
 const PRESENCE_SUBSCRIBE_MAX: usize = 1000;
 /// Default per-conversation page of a sync.
 const SYNC_LIMIT_DEFAULT: u32 = 100;
-
-/// What the Router and Registry hand to a session.
-#[derive(Message, Clone, Debug)]
-#[rtype(result = "()")]
-pub enum SessionEvent {
-    /// A new message (skipped if the session already pushed that seq during a sync).
-    Message { conversation_id: ConversationId, seq: u64, text: ByteString },
-    /// Any other frame (receipt, presence, typing), pushed as is.
-    Frame(ByteString),
-    /// Close the connection with this code.
-    Close { code: u16, reason: &'static str },
-}
 
 /// What the writer task sends on the socket, in order.
 enum Outbound {

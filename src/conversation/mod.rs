@@ -1,0 +1,8 @@
+//! Conversations: `directory` (membership, keys, `open_direct`, cached), `owner` (the single
+//! writer of each conversation: seq, idempotency, group commit, receipts; sharded), and
+//! `history` (every read of stored messages: history pages, sync, the conversation list).
+//! It feeds delivery (publishes stored messages) and reads and writes the stores.
+
+pub mod directory;
+pub mod history;
+pub mod owner;
