@@ -64,35 +64,53 @@ impl MasterKey {
         Ok(MasterKey(key))
     }
 
-    /// The configured key, or the one in `data_dir/master.key`, created (mode 0600) on first
-    /// start. Losing that file makes every stored message unreadable: back it up.
-    pub fn load_or_create(configured: &str, data_dir: &Path) -> std::io::Result<MasterKey> {
+    /// The configured key, or the one in `data_dir/master.key`; `None` when neither exists
+    /// (a first start: see [`MasterKey::write_file`]).
+    pub fn load(configured: &str, data_dir: &Path) -> std::io::Result<Option<MasterKey>> {
         if !configured.is_empty() {
             return MasterKey::from_hex(configured)
+                .map(Some)
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()));
         }
-        let path = data_dir.join("master.key");
+        let path = MasterKey::file(data_dir);
         match std::fs::read_to_string(&path) {
-            Ok(text) => MasterKey::from_hex(&text).map_err(|e| {
+            Ok(text) => MasterKey::from_hex(&text).map(Some).map_err(|e| {
                 std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))
             }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(data_dir)?;
-                let key = random_bytes::<KEY_LEN>();
-                let mut options = std::fs::OpenOptions::new();
-                options.write(true).create_new(true);
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::OpenOptionsExt;
-                    options.mode(0o600);
-                }
-                let mut file = options.open(&path)?;
-                file.write_all(hex::encode(key).as_bytes())?;
-                file.sync_all()?;
-                Ok(MasterKey(key))
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Where a generated key lives.
+    pub fn file(data_dir: &Path) -> std::path::PathBuf {
+        data_dir.join("master.key")
+    }
+
+    /// Writes this key to `data_dir/master.key` (mode 0600, synced); fails if the file exists.
+    /// Losing that file makes every stored message unreadable: back it up.
+    pub fn write_file(&self, data_dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(data_dir)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options.open(MasterKey::file(data_dir))?;
+        file.write_all(hex::encode(self.0).as_bytes())?;
+        file.sync_all()?;
+        Ok(())
+    }
+
+    /// A check value stored with the data: it tells whether a key is the one the data was
+    /// written with, and reveals nothing usable about the key.
+    pub fn check_value(&self) -> Vec<u8> {
+        let mut h = Sha256::new();
+        h.update(b"switchboard master key check v1\0");
+        h.update(self.0);
+        h.finalize()[..16].to_vec()
     }
 
     pub fn generate() -> MasterKey {
@@ -266,10 +284,15 @@ mod tests {
     }
 
     #[test]
-    fn master_key_file_is_created_once() {
+    fn master_key_file_is_written_once_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
-        let a = MasterKey::load_or_create("", dir.path()).unwrap();
-        let b = MasterKey::load_or_create("", dir.path()).unwrap();
+        assert!(MasterKey::load("", dir.path()).unwrap().is_none());
+        let a = MasterKey::generate();
+        a.write_file(dir.path()).unwrap();
+        assert!(MasterKey::generate().write_file(dir.path()).is_err());
+        let b = MasterKey::load("", dir.path()).unwrap().unwrap();
         assert_eq!(a.0, b.0);
+        assert_eq!(a.check_value(), b.check_value());
+        assert_ne!(a.check_value(), MasterKey::generate().check_value());
     }
 }

@@ -78,11 +78,28 @@ impl fmt::Display for ErrorCode {
 pub struct Error {
     pub code: ErrorCode,
     pub message: String,
+    /// When the client may retry, in whole seconds (REST: the `Retry-After` header); set on
+    /// `rate_limited` and overload (`unavailable`) answers.
+    pub retry_after_secs: Option<u64>,
 }
 
 impl Error {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Error { code, message: message.into() }
+        Error { code, message: message.into(), retry_after_secs: None }
+    }
+    /// `rate_limited`, retry after `wait` (rounded up to whole seconds, at least 1).
+    pub fn rate_limited(message: impl Into<String>, wait: std::time::Duration) -> Self {
+        Error::new(ErrorCode::RateLimited, message).with_retry_after(wait)
+    }
+    /// `unavailable` because the node is overloaded, retry after `wait`.
+    pub fn overloaded(message: impl Into<String>, wait: std::time::Duration) -> Self {
+        Error::new(ErrorCode::Unavailable, message).with_retry_after(wait)
+    }
+    /// Adds a retry hint: `wait` rounded up to whole seconds, at least 1.
+    pub fn with_retry_after(mut self, wait: std::time::Duration) -> Self {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        self.retry_after_secs = Some(secs.max(1));
+        self
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Error::new(ErrorCode::BadRequest, message)
@@ -119,3 +136,19 @@ impl From<crate::store::StoreError> for Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        let secs = |d| Error::rate_limited("slow down", d).retry_after_secs;
+        assert_eq!(secs(Duration::ZERO), Some(1));
+        assert_eq!(secs(Duration::from_millis(1)), Some(1));
+        assert_eq!(secs(Duration::from_secs(2)), Some(2));
+        assert_eq!(secs(Duration::from_millis(2001)), Some(3));
+        assert_eq!(Error::bad_request("x").retry_after_secs, None);
+    }
+}

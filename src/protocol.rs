@@ -146,6 +146,9 @@ pub enum ServerFrame {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<String>,
         conversations: BTreeMap<ConversationId, SyncState>,
+        /// The round stopped at its cap (`limits.sync_round_max`) before every conversation
+        /// was read: sync again from the new cursors.
+        has_more: bool,
     },
     History {
         #[serde(skip_serializing_if = "Option::is_none")]

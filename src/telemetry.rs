@@ -65,6 +65,7 @@ pub struct Metrics {
     pub errors_sent_total: AtomicU64,
     pub slow_consumers_closed_total: AtomicU64,
     pub group_commits_total: AtomicU64,
+    pub owner_restarts_total: AtomicU64,
     pub store_append_seconds: Histogram,
 }
 
@@ -130,6 +131,12 @@ impl Metrics {
             "switchboard_group_commits_total",
             "Durable message batches written.",
             &self.group_commits_total,
+        );
+        counter(
+            &mut out,
+            "switchboard_owner_restarts_total",
+            "Owner shards restarted after a panic.",
+            &self.owner_restarts_total,
         );
         self.store_append_seconds.render(
             &mut out,

@@ -8,12 +8,15 @@ use crate::model::{ConversationId, ConversationKind, UserId, Watermarks};
 use crate::protocol::{MessageView, SyncState};
 use crate::store::ChatStore;
 use serde::Serialize;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// The most messages one history page may hold.
 pub const HISTORY_LIMIT_MAX: u32 = 200;
 pub const HISTORY_LIMIT_DEFAULT: u32 = 50;
+/// Most body bytes of one history or sync page; a page ends early (has_more) past it.
+pub const PAGE_BYTES_MAX: usize = 512 * 1024;
+/// Messages read from the store at once while a page is built.
+const READ_CHUNK: usize = 32;
 /// Longest preview of the last message in the conversation list, in characters.
 const PREVIEW_CHARS: usize = 100;
 
@@ -52,7 +55,8 @@ impl HistoryReader {
     }
 
     /// Up to `limit` messages before `before` (default: the newest), ascending, and whether
-    /// older ones exist.
+    /// older ones exist. A page also ends once its bodies reach `PAGE_BYTES_MAX`, so one reply
+    /// stays small whatever the messages hold; the store is read in small chunks.
     pub async fn history(
         &self,
         user: UserId,
@@ -62,48 +66,76 @@ impl HistoryReader {
     ) -> Result<(Vec<MessageView>, bool)> {
         let info = self.conversations.for_member(conversation, user).await?;
         let limit = limit.unwrap_or(HISTORY_LIMIT_DEFAULT).clamp(1, HISTORY_LIMIT_MAX) as usize;
-        let before = before.unwrap_or(u64::MAX);
-        let mut page = self.store.messages_before(conversation, before, limit + 1).await?;
-        let has_more = page.len() > limit;
-        if has_more {
-            page.remove(0);
-        }
-        let views = page.iter().map(|m| info.open(m)).collect::<Result<Vec<_>>>()?;
-        Ok((views, has_more))
+        let mut cursor = before.unwrap_or(u64::MAX);
+        let mut newest_first: Vec<MessageView> = Vec::new();
+        let mut bytes = 0;
+        let has_more = loop {
+            let take = (limit - newest_first.len()).min(READ_CHUNK);
+            let chunk = self.store.messages_before(conversation, cursor, take + 1).await?;
+            let exhausted = chunk.len() <= take;
+            for m in chunk.iter().rev().take(take) {
+                let view = info.open(m)?;
+                if !newest_first.is_empty() && bytes + view.body.len() > PAGE_BYTES_MAX {
+                    newest_first.reverse();
+                    return Ok((newest_first, true));
+                }
+                bytes += view.body.len();
+                cursor = m.seq;
+                newest_first.push(view);
+            }
+            if exhausted {
+                break false;
+            }
+            if newest_first.len() == limit {
+                break true;
+            }
+        };
+        newest_first.reverse();
+        Ok((newest_first, has_more))
     }
 
-    /// For each of the user's conversations, the messages after its cursor (0 when absent),
-    /// at most `limit` each, with the state the client should record. Cursors of
-    /// conversations the user is not in are ignored.
-    pub async fn sync(
+    /// The user's conversations (a sync round visits them in this order).
+    pub async fn conversation_ids(&self, user: UserId) -> Result<Vec<ConversationId>> {
+        Ok(self.store.user_conversations(user).await?)
+    }
+
+    /// One page of a sync: up to `limit` messages after `after`, ending early once the bodies
+    /// reach `PAGE_BYTES_MAX`, with the state the client should record. `not_found` or
+    /// `forbidden` when the user is not in the conversation.
+    pub async fn sync_page(
         &self,
         user: UserId,
-        cursors: &BTreeMap<ConversationId, u64>,
-        limit: u32,
-    ) -> Result<Vec<SyncPage>> {
-        let limit = limit.max(1) as usize;
-        let mut out = Vec::new();
-        for id in self.store.user_conversations(user).await? {
-            let info = self.conversations.for_member(id, user).await?;
-            let after = cursors.get(&id).copied().unwrap_or(0);
-            let mut page = self.store.messages_after(id, after, limit + 1).await?;
-            let has_more = page.len() > limit;
-            page.truncate(limit);
-            let messages = page.iter().map(|m| info.open(m)).collect::<Result<Vec<_>>>()?;
-            let last_seq = self.store.last_seq(id).await?;
-            let mine = self.watermarks(id, user).await?;
-            out.push(SyncPage {
-                conversation_id: id,
-                messages,
-                state: SyncState {
-                    last_seq,
-                    delivered_seq: mine.delivered_seq,
-                    read_seq: mine.read_seq,
-                    has_more,
-                },
-            });
+        conversation: ConversationId,
+        after: u64,
+        limit: usize,
+    ) -> Result<SyncPage> {
+        let info = self.conversations.for_member(conversation, user).await?;
+        let take = limit.clamp(1, READ_CHUNK);
+        let page = self.store.messages_after(conversation, after, take + 1).await?;
+        let mut has_more = page.len() > take;
+        let mut messages = Vec::with_capacity(page.len().min(take));
+        let mut bytes = 0;
+        for m in page.iter().take(take) {
+            let view = info.open(m)?;
+            if !messages.is_empty() && bytes + view.body.len() > PAGE_BYTES_MAX {
+                has_more = true;
+                break;
+            }
+            bytes += view.body.len();
+            messages.push(view);
         }
-        Ok(out)
+        let last_seq = self.store.last_seq(conversation).await?;
+        let mine = self.watermarks(conversation, user).await?;
+        Ok(SyncPage {
+            conversation_id: conversation,
+            messages,
+            state: SyncState {
+                last_seq,
+                delivered_seq: mine.delivered_seq,
+                read_seq: mine.read_seq,
+                has_more,
+            },
+        })
     }
 
     async fn watermarks(&self, conversation: ConversationId, user: UserId) -> Result<Watermarks> {

@@ -1,15 +1,21 @@
-//! The conversation owner: the single writer of every conversation this node owns (in the
-//! embedded default, all of them). It checks membership and idempotency, assigns the next
-//! gapless `seq`, seals the body, appends durably with group commit, answers `sent` only after
-//! the append, and then publishes to the Router. Receipt watermarks go through it too.
+//! The conversation owners: the single writer of every conversation this node owns (in the
+//! embedded default, all of them), sharded by conversation id (`storage.owner_shards`, default
+//! one per core). A shard checks membership and idempotency, assigns the next gapless `seq`,
+//! seals the body, appends durably with group commit, answers `sent` only after the append,
+//! and then publishes the batch to the Router (awaiting its bounded mailbox). Receipts go
+//! through the shard of their conversation too: merged per (conversation, member) within a
+//! batch and written with one store call after the batch's append.
 //!
-//! It is an actor in the handle style: one task owns the state and drains an mpsc queue; every
-//! drained batch becomes one durable append (many messages per fsync).
+//! Each shard is a task-actor: one task owns its state and drains an mpsc queue; every drained
+//! batch becomes one durable append (many messages per fsync). A shard whose batch panics is
+//! restarted in place — its caches are dropped, the batch's callers get `unavailable` (they
+//! retry with the same client_msg_id), and `owner_restarts_total` counts it. A shard is also
+//! the unit the cluster will place on nodes.
 
 use crate::account::Identity;
 use crate::conversation::directory::{ConversationInfo, Conversations};
 use crate::delivery::SessionEvent;
-use crate::delivery::{Audience, Publish, Router};
+use crate::delivery::{Audience, Publish, PublishBatch, Router};
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::{
     ConversationId, MessageId, MessageKind, Millis, StoredMessage, UserId, Watermarks, now_millis,
@@ -67,21 +73,34 @@ enum Request {
     Flush(oneshot::Sender<()>),
 }
 
-/// The cloneable address of the owner task.
+/// The cloneable address of the owner shards: routes each request to its conversation's shard.
 #[derive(Clone)]
 pub struct OwnerHandle {
-    tx: mpsc::Sender<Request>,
+    shards: Arc<[mpsc::Sender<Request>]>,
 }
 
 fn overloaded() -> Error {
     Error::new(ErrorCode::Unavailable, "the node is overloaded or shutting down; retry")
 }
 
+/// The shard owning a conversation: a stable hash of its id.
+pub fn shard_of(conversation: ConversationId, shards: usize) -> usize {
+    let b = conversation.as_bytes();
+    // UUIDv7: the last 8 bytes are random.
+    let tail = u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]);
+    (tail % shards.max(1) as u64) as usize
+}
+
 impl OwnerHandle {
+    fn shard(&self, conversation: ConversationId) -> &mpsc::Sender<Request> {
+        &self.shards[shard_of(conversation, self.shards.len())]
+    }
+
     /// Queues a send; the receiver yields `sent` once the message is durable.
     pub fn send(&self, request: SendRequest) -> Result<oneshot::Receiver<Result<Sent>>> {
         let (reply, rx) = oneshot::channel();
-        self.tx.try_send(Request::Send(request, reply)).map_err(|_| overloaded())?;
+        let shard = self.shard(request.conversation_id);
+        shard.try_send(Request::Send(request, reply)).map_err(|_| overloaded())?;
         Ok(rx)
     }
 
@@ -93,18 +112,21 @@ impl OwnerHandle {
         to: Watermarks,
     ) -> Result<oneshot::Receiver<Result<()>>> {
         let (reply, rx) = oneshot::channel();
-        self.tx
+        self.shard(conversation_id)
             .try_send(Request::Watermark { user, conversation_id, to, reply })
             .map_err(|_| overloaded())?;
         Ok(rx)
     }
 
-    /// Resolves once everything queued before it has been processed.
+    /// Resolves once everything queued before it, on every shard, has been processed.
     pub async fn flush(&self) {
-        let (reply, rx) = oneshot::channel();
-        if self.tx.send(Request::Flush(reply)).await.is_ok() {
-            let _ = rx.await;
-        }
+        let waits = self.shards.iter().map(|shard| async move {
+            let (reply, rx) = oneshot::channel();
+            if shard.send(Request::Flush(reply)).await.is_ok() {
+                let _ = rx.await;
+            }
+        });
+        futures_util::future::join_all(waits).await;
     }
 }
 
@@ -145,21 +167,35 @@ struct Accepted {
 }
 
 impl Owner {
-    /// Starts the owner task on the current arbiter and returns its handle.
+    /// Starts `shards` owner tasks on the current arbiter and returns their handle.
     pub fn start(
         store: Arc<dyn ChatStore>,
         conversations: Arc<Conversations>,
         router: Addr<Router>,
         metrics: Arc<Metrics>,
         max_batch: usize,
+        shards: usize,
     ) -> OwnerHandle {
-        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let owner = Owner { store, conversations, router, metrics, max_batch, last_seq: HashMap::new() };
-        actix::spawn(owner.run(rx));
-        OwnerHandle { tx }
+        let senders: Vec<_> = (0..shards.max(1))
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(QUEUE_CAPACITY / shards.max(1));
+                let owner = Owner {
+                    store: store.clone(),
+                    conversations: conversations.clone(),
+                    router: router.clone(),
+                    metrics: metrics.clone(),
+                    max_batch,
+                    last_seq: HashMap::new(),
+                };
+                actix::spawn(owner.run(rx));
+                tx
+            })
+            .collect();
+        OwnerHandle { shards: senders.into() }
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        use futures_util::FutureExt;
         let mut batch = Vec::with_capacity(self.max_batch);
         while let Some(first) = rx.recv().await {
             batch.push(first);
@@ -169,7 +205,15 @@ impl Owner {
                     Err(_) => break,
                 }
             }
-            self.process(&mut batch).await;
+            let outcome = std::panic::AssertUnwindSafe(self.process(&mut batch)).catch_unwind().await;
+            if outcome.is_err() {
+                // Replies not yet sent are dropped with the batch: those callers get
+                // `unavailable` and retry. Reservations may be half-made: start from the store.
+                tracing::error!("owner shard panicked; restarting it with empty caches");
+                Metrics::inc(&self.metrics.owner_restarts_total);
+                batch.clear();
+                self.last_seq.clear();
+            }
         }
     }
 
@@ -238,9 +282,7 @@ impl Owner {
             }
         }
         // After the commit, so a receipt is checked against stored seqs only.
-        for (user, conversation_id, to, reply) in receipts {
-            let _ = reply.send(self.advance(user, conversation_id, to).await);
-        }
+        self.advance_all(receipts).await;
         for reply in flushes {
             let _ = reply.send(());
         }
@@ -303,6 +345,7 @@ impl Owner {
             Metrics::inc(&self.metrics.group_commits_total);
         }
         let error: Option<Error> = result.err().map(|f| f.error.into());
+        let mut events = Vec::with_capacity(accepted.len());
         for (a, stored) in accepted.into_iter().zip(stored) {
             if stored {
                 Metrics::inc(&self.metrics.messages_stored_total);
@@ -310,7 +353,7 @@ impl Owner {
                 for reply in a.replies {
                     let _ = reply.send(Ok(sent.clone()));
                 }
-                self.publish(a.message, a.body, a.audience);
+                events.push(message_event(a.message, a.body, a.audience));
             } else {
                 // Forget the reservation: the next send reloads last_seq from the store.
                 self.last_seq.remove(&a.message.conversation_id);
@@ -320,55 +363,119 @@ impl Owner {
                 }
             }
         }
+        self.publish(events).await;
     }
 
-    fn publish(&self, m: StoredMessage, body: String, audience: Arc<[UserId]>) {
-        let frame = ServerFrame::Message(MessageView {
-            conversation_id: m.conversation_id,
-            seq: m.seq,
-            message_id: m.message_id,
-            author_id: m.author_id,
-            client_msg_id: m.client_msg_id,
-            body,
-            ts: m.ts,
-            attachments: m.attachments,
-            kind: m.kind,
-        });
-        self.router.do_send(Publish {
-            audience,
-            except: Audience::AllButDevice(m.device_id),
-            event: SessionEvent::Message {
-                conversation_id: m.conversation_id,
-                seq: m.seq,
-                text: frame.encode(),
-            },
-        });
+    /// Applies a batch's receipts: checked, clamped to stored seqs, merged per (conversation,
+    /// member) and written with one store call; each caller gets its own answer.
+    async fn advance_all(
+        &mut self,
+        receipts: Vec<(UserId, ConversationId, Watermarks, oneshot::Sender<Result<()>>)>,
+    ) {
+        if receipts.is_empty() {
+            return;
+        }
+        let mut merged: HashMap<(ConversationId, UserId), (Watermarks, Arc<[UserId]>)> = HashMap::new();
+        let mut waiting: Vec<((ConversationId, UserId), oneshot::Sender<Result<()>>)> = Vec::new();
+        for (user, conversation, to, reply) in receipts {
+            let checked = async {
+                let info = self.conversations.for_member(conversation, user).await?;
+                let last = self.last_seq_of(conversation).await?;
+                // Nobody can have received what is not stored yet.
+                Ok::<_, Error>((
+                    Watermarks { delivered_seq: to.delivered_seq.min(last), read_seq: to.read_seq.min(last) },
+                    info.members.clone(),
+                ))
+            }
+            .await;
+            match checked {
+                Ok((to, _)) if to == Watermarks::default() => {
+                    let _ = reply.send(Ok(()));
+                }
+                Ok((to, members)) => {
+                    let key = (conversation, user);
+                    let entry = merged.entry(key).or_insert((Watermarks::default(), members));
+                    entry.0 = entry.0.merge(to);
+                    waiting.push((key, reply));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+        let keys: Vec<(ConversationId, UserId)> = merged.keys().copied().collect();
+        let updates: Vec<(ConversationId, UserId, Watermarks)> =
+            keys.iter().map(|k| (k.0, k.1, merged[k].0)).collect();
+        let outcome = self.store.advance_many(&updates).await;
+        let mut answers: HashMap<(ConversationId, UserId), Result<()>> = HashMap::new();
+        let mut events = Vec::new();
+        match outcome {
+            Ok(results) => {
+                for (key, result) in keys.into_iter().zip(results) {
+                    let answer = match result {
+                        None => Err(Error::forbidden("you are not a member of this conversation")),
+                        Some((now, changed)) => {
+                            if changed {
+                                let frame = ServerFrame::Receipt {
+                                    conversation_id: key.0,
+                                    user_id: key.1,
+                                    delivered_seq: now.delivered_seq,
+                                    read_seq: now.read_seq,
+                                };
+                                events.push(Publish {
+                                    audience: merged[&key].1.clone(),
+                                    except: Audience::All,
+                                    event: SessionEvent::Frame(frame.encode()),
+                                });
+                            }
+                            Ok(())
+                        }
+                    };
+                    answers.insert(key, answer);
+                }
+            }
+            Err(e) => {
+                let e: Error = e.into();
+                for key in keys {
+                    answers.insert(key, Err(e.clone()));
+                }
+            }
+        }
+        for (key, reply) in waiting {
+            let answer =
+                answers.get(&key).cloned().unwrap_or_else(|| Err(Error::internal("receipt outcome missing")));
+            let _ = reply.send(answer);
+        }
+        self.publish(events).await;
     }
 
-    async fn advance(&mut self, user: UserId, conversation: ConversationId, to: Watermarks) -> Result<()> {
-        let info = self.conversations.for_member(conversation, user).await?;
-        let last = self.last_seq_of(conversation).await?;
-        // Nobody can have received what is not stored yet.
-        let to = Watermarks { delivered_seq: to.delivered_seq.min(last), read_seq: to.read_seq.min(last) };
-        if to == Watermarks::default() {
-            return Ok(());
+    /// Hands a batch's events to the Router, waiting while its mailbox is full.
+    async fn publish(&self, events: Vec<Publish>) {
+        if events.is_empty() {
+            return;
         }
-        let Some((now, changed)) = self.store.advance_watermarks(conversation, user, to).await? else {
-            return Err(Error::forbidden("you are not a member of this conversation"));
-        };
-        if changed {
-            let frame = ServerFrame::Receipt {
-                conversation_id: conversation,
-                user_id: user,
-                delivered_seq: now.delivered_seq,
-                read_seq: now.read_seq,
-            };
-            self.router.do_send(Publish {
-                audience: info.members.clone(),
-                except: Audience::All,
-                event: SessionEvent::Frame(frame.encode()),
-            });
+        if self.router.send(PublishBatch(events)).await.is_err() {
+            tracing::warn!("router stopped; events not delivered live (clients sync)");
         }
-        Ok(())
+    }
+}
+
+/// The live event of a stored message: its frame, encoded once for every recipient.
+fn message_event(m: StoredMessage, body: String, audience: Arc<[UserId]>) -> Publish {
+    let frame = ServerFrame::Message(MessageView {
+        conversation_id: m.conversation_id,
+        seq: m.seq,
+        message_id: m.message_id,
+        author_id: m.author_id,
+        client_msg_id: m.client_msg_id,
+        body,
+        ts: m.ts,
+        attachments: m.attachments,
+        kind: m.kind,
+    });
+    Publish {
+        audience,
+        except: Audience::AllButDevice(m.device_id),
+        event: SessionEvent::Message { conversation_id: m.conversation_id, seq: m.seq, text: frame.encode() },
     }
 }

@@ -9,4 +9,4 @@ pub mod router;
 
 pub use event::{Audience, SessionEvent};
 pub use registry::{Registry, SessionId};
-pub use router::{Publish, Router};
+pub use router::{Publish, PublishBatch, Router};

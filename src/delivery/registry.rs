@@ -2,7 +2,7 @@
 //! of presence — who is online, last seen, who watches whom — pushed to watchers on change and
 //! mirrored, with periodic heartbeats, into the `PresenceStore`.
 
-use crate::delivery::Audience;
+use crate::delivery::Publish;
 use crate::delivery::SessionEvent;
 use crate::model::{DeviceId, Millis, UserId, now_millis};
 use crate::protocol::{ServerFrame, close_code};
@@ -13,6 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub type SessionId = u64;
+
+/// Mailbox bound of the Registry: delivery batches wait at the Router beyond it.
+const MAILBOX: usize = 4096;
 
 /// A user's presence as shown to others.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,6 +94,7 @@ impl Actor for Registry {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(MAILBOX);
         ctx.run_interval(self.heartbeat, |act, _| {
             let users: Vec<UserId> = act.by_user.keys().copied().collect();
             let presence = act.presence.clone();
@@ -165,26 +169,24 @@ impl Handler<Disconnect> for Registry {
     }
 }
 
-/// Hand `event` to the connected sessions of `audience` on this node.
+/// Hand each event to the connected sessions of its audience on this node, in order.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Deliver {
-    pub audience: Arc<[UserId]>,
-    pub except: Audience,
-    pub event: SessionEvent,
-}
+pub struct Deliver(pub Vec<Publish>);
 
 impl Handler<Deliver> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) {
-        for user in msg.audience.iter() {
-            let Some(ids) = self.by_user.get(user) else { continue };
-            for id in ids {
-                if let Some(entry) = self.sessions.get(id)
-                    && msg.except.includes(entry.user, entry.device)
-                {
-                    entry.addr.do_send(msg.event.clone());
+        for publish in msg.0 {
+            for user in publish.audience.iter() {
+                let Some(ids) = self.by_user.get(user) else { continue };
+                for id in ids {
+                    if let Some(entry) = self.sessions.get(id)
+                        && publish.except.includes(entry.user, entry.device)
+                    {
+                        entry.addr.do_send(publish.event.clone());
+                    }
                 }
             }
         }
@@ -204,6 +206,10 @@ impl Handler<Subscribe> for Registry {
     type Result = ResponseFuture<Vec<PresenceView>>;
 
     fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) -> Self::Result {
+        if !self.sessions.contains_key(&msg.session) {
+            // The session left while its subscribe was on the way: nothing to watch for.
+            return Box::pin(async { Vec::new() });
+        }
         let mut known = Vec::new();
         let mut ask_store = Vec::new();
         for user in msg.users {

@@ -1,13 +1,15 @@
 //! REST accounts: `POST /v1/register`, `/v1/login`, `/v1/logout`, `GET /v1/me` and
-//! `GET /v1/users/{username}`.
+//! `GET /v1/users/{username}`. Register and login are limited per client address, which is
+//! the TCP peer (`client_addr`).
 
 use super::{ApiResult, Authenticated, NodeData};
 use crate::account::NewSession;
 use crate::delivery::registry::RevokeDevice;
 use crate::error::Error;
 use crate::model::{DeviceId, UserId};
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, Ipv4Addr};
 
 #[derive(Deserialize)]
 pub struct Credentials {
@@ -36,15 +38,33 @@ struct UserReply {
     username: String,
 }
 
-pub async fn register(node: NodeData, body: web::Json<Credentials>) -> ApiResult<HttpResponse> {
+/// The address a request is counted under for login and registration limits: the TCP peer.
+/// Forwarding headers (`X-Forwarded-For`, `Forwarded`) are not honoured: behind a proxy every
+/// client shares the proxy's limits. Without a peer address (not over TCP), all such requests
+/// share one key.
+fn client_addr(req: &HttpRequest) -> IpAddr {
+    req.peer_addr().map(|a| a.ip()).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+}
+
+pub async fn register(
+    node: NodeData,
+    req: HttpRequest,
+    body: web::Json<Credentials>,
+) -> ApiResult<HttpResponse> {
     let c = body.into_inner();
-    let session = node.accounts.register(&c.username, &c.password, c.device_name.as_deref()).await?;
+    let client = client_addr(&req);
+    let session = node.accounts.register(client, &c.username, &c.password, c.device_name.as_deref()).await?;
     Ok(HttpResponse::Created().json(SessionReply::from(session)))
 }
 
-pub async fn login(node: NodeData, body: web::Json<Credentials>) -> ApiResult<HttpResponse> {
+pub async fn login(
+    node: NodeData,
+    req: HttpRequest,
+    body: web::Json<Credentials>,
+) -> ApiResult<HttpResponse> {
     let c = body.into_inner();
-    let session = node.accounts.login(&c.username, &c.password, c.device_name.as_deref()).await?;
+    let client = client_addr(&req);
+    let session = node.accounts.login(client, &c.username, &c.password, c.device_name.as_deref()).await?;
     Ok(HttpResponse::Ok().json(SessionReply::from(session)))
 }
 

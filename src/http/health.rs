@@ -1,5 +1,5 @@
-//! `/healthz` (the process answers), `/readyz` (the store answers and the node is not
-//! draining) and `/metrics` (Prometheus text).
+//! `/healthz` (the process answers), `/readyz` (the store can write, the master key matched
+//! it, and the node is not draining) and `/metrics` (Prometheus text).
 
 use super::NodeData;
 use actix_web::HttpResponse;
@@ -11,6 +11,11 @@ pub async fn healthz() -> HttpResponse {
 pub async fn readyz(node: NodeData) -> HttpResponse {
     if node.is_draining() {
         return HttpResponse::ServiceUnavailable().json(serde_json::json!({ "status": "draining" }));
+    }
+    if !node.key_checked() {
+        return HttpResponse::ServiceUnavailable().json(
+            serde_json::json!({ "status": "store unavailable", "detail": "master key not checked yet" }),
+        );
     }
     match node.stores.chat.ping().await {
         Ok(()) => HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })),

@@ -4,6 +4,7 @@
 mod accounts;
 mod conversations;
 mod health;
+pub mod server;
 mod ws;
 
 use crate::account::Identity;
@@ -54,7 +55,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .default_service(web::to(|| async { ApiError(Error::not_found("no such route")) }));
 }
 
-/// An `Error` as a REST reply: the status plus `{"error": {"code", "message"}}`.
+/// An `Error` as a REST reply: the status plus `{"error": {"code", "message"}}`, and a
+/// `Retry-After` header (seconds) when the error carries a retry hint.
 #[derive(Debug)]
 pub struct ApiError(pub Error);
 
@@ -77,7 +79,11 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code()).json(serde_json::json!({
+        let mut reply = HttpResponse::build(self.status_code());
+        if let Some(secs) = self.0.retry_after_secs {
+            reply.insert_header((actix_web::http::header::RETRY_AFTER, secs.to_string()));
+        }
+        reply.json(serde_json::json!({
             "error": { "code": self.0.code, "message": self.0.message }
         }))
     }

@@ -1,9 +1,12 @@
 //! `GET /v1/ws`: authenticates the upgrade (bearer header, or the first frame for browsers),
-//! upgrades with bounded frame sizes and starts a Session actor.
+//! upgrades with bounded frame sizes and starts a Session actor. actix-ws does the handshake
+//! and decodes client frames; the response body is the session's byte-bounded outbox.
 
 use super::{ApiError, ApiResult, NodeData, bearer_token};
 use crate::error::{Error, ErrorCode};
 use crate::session::Session;
+use crate::session::outbox::{Outbox, OutboxBody};
+use actix_web::body::{BodyStream, MessageBody};
 use actix_web::{HttpRequest, HttpResponse, web};
 
 pub async fn upgrade(req: HttpRequest, body: web::Payload, node: NodeData) -> ApiResult<HttpResponse> {
@@ -14,10 +17,17 @@ pub async fn upgrade(req: HttpRequest, body: web::Payload, node: NodeData) -> Ap
         Some(token) => Some(node.accounts.authenticate(token).await?),
         None => None,
     };
-    let (response, socket, stream) =
+    let (response, _sender, stream) =
         actix_ws::handle(&req, body).map_err(|e| ApiError(Error::bad_request(e.to_string())))?;
-    let max = node.config.websocket.max_frame_bytes as usize;
+    let deps = node.sessions.clone();
+    let max = deps.websocket.max_frame_bytes as usize;
     let stream = stream.max_frame_size(max).aggregate_continuations().max_continuation_size(max);
-    Session::start(node.get_ref().clone(), identity, socket, stream);
+    let outbox = Outbox::new(deps.websocket.outbound_bytes as usize);
+    // actix-ws's own body (fed by `_sender`, which is dropped) is replaced by the outbox; it is
+    // kept inside ours, unpolled, because dropping it tells the request stream the connection
+    // ended.
+    let response = response
+        .map_body(|_, original| BodyStream::new(OutboxBody::new(outbox.clone(), Box::new(original))).boxed());
+    Session::start(deps, identity, outbox, stream);
     Ok(response)
 }

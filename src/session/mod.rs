@@ -1,27 +1,36 @@
 //! actor Session: one WebSocket connection of one device. It authenticates (upgrade header or
 //! first `auth` frame), heartbeats (ping, idle timeout), rate-limits, decodes client frames and
-//! forwards them to the owner, the Router, the Registry and the HistoryReader, and pushes
-//! server frames in order through one bounded writer task (a client that stops reading is
-//! closed, not buffered without end). It never touches a store.
+//! hands them to the conversation owners, delivery and the history reader. Its output is
+//! byte-bounded (`outbox`): a client that stops reading stops being read, and is closed (4008)
+//! once its queue has not moved for `write_stall_ms`. Sync rounds stream page by page
+//! (`sync`). It never touches a store.
 
-use crate::account::Identity;
-use crate::conversation::owner::SendRequest;
-use crate::delivery::registry::{Connect, Disconnect, SessionId, Subscribe};
-use crate::delivery::{Audience, Publish, SessionEvent};
+pub mod outbox;
+pub mod sync;
+
+use crate::account::{Accounts, Identity};
+use crate::config::{LimitsConfig, WebSocketConfig};
+use crate::conversation::directory::Conversations;
+use crate::conversation::history::{HistoryReader, PAGE_BYTES_MAX};
+use crate::conversation::owner::{OwnerHandle, SendRequest};
+use crate::delivery::registry::{Connect, Disconnect, Subscribe};
+use crate::delivery::{Audience, Publish, Registry, Router, SessionEvent, SessionId};
 use crate::error::{Error, ErrorCode};
 use crate::model::{ConversationId, UserId, Watermarks};
-use crate::node::Node;
 use crate::protocol::{ClientFrame, ServerFrame, close_code, decode_client_frame};
 use crate::rate_limit::TokenBucket;
 use crate::telemetry::Metrics;
 use actix::prelude::*;
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError};
 use bytestring::ByteString;
+use outbox::{Frame, Gated, Outbox, PushError};
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
+use sync::{SyncContext, SyncRequest, Tracker};
 
 /// The longest client_msg_id accepted, in bytes.
 const CLIENT_MSG_ID_MAX: usize = 128;
@@ -29,68 +38,69 @@ const CLIENT_MSG_ID_MAX: usize = 128;
 const PRESENCE_SUBSCRIBE_MAX: usize = 1000;
 /// Default per-conversation page of a sync.
 const SYNC_LIMIT_DEFAULT: u32 = 100;
-
-/// What the writer task sends on the socket, in order.
-enum Outbound {
-    Text(ByteString),
-    Ping,
-    Pong(bytes::Bytes),
-    Close(CloseReason),
-}
+/// Output bytes held back for a history reply while it is read (a page's bodies are capped at
+/// `PAGE_BYTES_MAX`; JSON escaping can double them).
+const HISTORY_RESERVATION: usize = 2 * PAGE_BYTES_MAX + 64 * 1024;
+/// How often the session looks for a stalled outbox.
+const STALL_CHECK: Duration = Duration::from_millis(500);
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
-fn close_reason(code: u16, description: &str) -> CloseReason {
+pub(crate) fn close_reason(code: u16, description: &str) -> CloseReason {
     CloseReason { code: CloseCode::from(code), description: Some(description.to_owned()) }
+}
+
+/// Everything a session uses, built once per node.
+pub struct SessionDeps {
+    pub node_id: String,
+    pub websocket: WebSocketConfig,
+    pub limits: LimitsConfig,
+    pub accounts: Accounts,
+    pub owners: OwnerHandle,
+    pub history: HistoryReader,
+    pub directory: Arc<Conversations>,
+    pub registry: Addr<Registry>,
+    pub router: Addr<Router>,
+    pub metrics: Arc<Metrics>,
 }
 
 pub struct Session {
     id: SessionId,
-    node: Arc<Node>,
+    deps: Arc<SessionDeps>,
     identity: Option<Identity>,
-    out: mpsc::Sender<Outbound>,
-    /// Closes the socket at once, skipping queued frames (used when the queue is full).
-    kill: Option<oneshot::Sender<CloseReason>>,
+    outbox: Arc<Outbox>,
     last_heard: Instant,
     bucket: TokenBucket,
     strikes: u32,
-    /// Per conversation, the highest seq pushed to this client; live duplicates are skipped.
-    pushed: HashMap<ConversationId, u64>,
-    syncs_in_flight: u32,
-    /// Live messages that arrived while a sync was being read, pushed after it.
-    held: Vec<(ConversationId, u64, ByteString)>,
+    strikes_decayed_at: Instant,
+    /// What was pushed per conversation, and the running sync round's phases.
+    tracker: Rc<RefCell<Tracker>>,
     typing_sent: HashMap<ConversationId, (bool, Instant)>,
     registered: bool,
     closing: bool,
 }
 
 impl Session {
-    /// Starts the session actor and its writer task for an upgraded connection.
+    /// Starts the session actor for an upgraded connection whose output is `outbox`.
     pub fn start(
-        node: Arc<Node>,
+        deps: Arc<SessionDeps>,
         identity: Option<Identity>,
-        socket: actix_ws::Session,
+        outbox: Arc<Outbox>,
         stream: AggregatedMessageStream,
     ) {
-        let (out, rx) = mpsc::channel(1024);
-        let (kill, kill_rx) = oneshot::channel();
-        actix::spawn(write_loop(socket, rx, kill_rx, node.metrics.clone()));
-        let limits = &node.config.limits;
-        let bucket = TokenBucket::new(limits.rate_per_sec, limits.rate_burst);
+        let bucket = TokenBucket::new(deps.limits.rate_per_sec, deps.limits.rate_burst);
         Session::create(move |ctx| {
-            ctx.add_stream(stream);
+            ctx.add_stream(Gated::new(stream, outbox.clone()));
             Session {
                 id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
-                node,
+                deps,
                 identity,
-                out,
-                kill: Some(kill),
+                outbox,
                 last_heard: Instant::now(),
                 bucket,
                 strikes: 0,
-                pushed: HashMap::new(),
-                syncs_in_flight: 0,
-                held: Vec::new(),
+                strikes_decayed_at: Instant::now(),
+                tracker: Rc::default(),
                 typing_sent: HashMap::new(),
                 registered: false,
                 closing: false,
@@ -102,23 +112,22 @@ impl Session {
         if self.closing {
             return;
         }
-        match self.out.try_send(Outbound::Text(text)) {
+        Metrics::inc(&self.deps.metrics.frames_out_total);
+        match self.outbox.push(Frame::Text(text)) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => self.slow_consumer(ctx),
-            Err(mpsc::error::TrySendError::Closed(_)) => {
+            Err(PushError::Full) => self.slow_consumer(ctx),
+            Err(PushError::Closed) => {
                 self.closing = true;
                 ctx.stop();
             }
         }
     }
 
-    /// The client stopped reading and its queue is full: close at once; it resyncs later.
+    /// The client stopped reading: drop its queue and close at once; it resyncs later.
     fn slow_consumer(&mut self, ctx: &mut Context<Self>) {
-        Metrics::inc(&self.node.metrics.slow_consumers_closed_total);
-        tracing::info!(session = self.id, "client is not reading; closing");
-        if let Some(kill) = self.kill.take() {
-            let _ = kill.send(close_reason(close_code::SLOW_CONSUMER, "too slow: reconnect and sync"));
-        }
+        Metrics::inc(&self.deps.metrics.slow_consumers_closed_total);
+        tracing::info!(session = self.id, queued = self.outbox.queued(), "client is not reading; closing");
+        self.outbox.kill(close_reason(close_code::SLOW_CONSUMER, "too slow: reconnect and sync"));
         self.closing = true;
         ctx.stop();
     }
@@ -128,7 +137,7 @@ impl Session {
     }
 
     fn push_error(&mut self, id: Option<String>, error: &Error, ctx: &mut Context<Self>) {
-        Metrics::inc(&self.node.metrics.errors_sent_total);
+        Metrics::inc(&self.deps.metrics.errors_sent_total);
         self.push_frame(&ServerFrame::error(id, error.code, error.message.clone()), ctx);
     }
 
@@ -138,12 +147,24 @@ impl Session {
             return;
         }
         self.closing = true;
-        if self.out.try_send(Outbound::Close(close_reason(code, reason))).is_err()
-            && let Some(kill) = self.kill.take()
-        {
-            let _ = kill.send(close_reason(code, reason));
-        }
+        self.outbox.close(close_reason(code, reason));
         ctx.stop();
+    }
+
+    /// Counts a rate-limited frame; strikes are forgiven one per `rate_strike_decay_ms`.
+    fn strike(&mut self, now: Instant) -> u32 {
+        let decay = Duration::from_millis(self.deps.limits.rate_strike_decay_ms.max(1));
+        let forgiven =
+            (now.saturating_duration_since(self.strikes_decayed_at).as_millis() / decay.as_millis()) as u32;
+        if forgiven > 0 {
+            self.strikes = self.strikes.saturating_sub(forgiven);
+            self.strikes_decayed_at = now;
+        }
+        if self.strikes == 0 {
+            self.strikes_decayed_at = now;
+        }
+        self.strikes += 1;
+        self.strikes
     }
 
     /// Joins the Registry, then greets the client. Runs before any other frame is handled.
@@ -154,7 +175,7 @@ impl Session {
             device: identity.device_id,
             addr: ctx.address().recipient(),
         };
-        let registry = self.node.registry.clone();
+        let registry = self.deps.registry.clone();
         ctx.wait(registry.send(connect).into_actor(self).map(move |accepted, act, ctx| {
             if accepted != Ok(true) {
                 act.close(close_code::GOING_AWAY, "server draining; reconnect", ctx);
@@ -162,28 +183,28 @@ impl Session {
             }
             act.registered = true;
             act.identity = Some(identity);
-            Metrics::inc(&act.node.metrics.connections_total);
-            act.node.metrics.connections_open.fetch_add(1, Ordering::Relaxed);
+            Metrics::inc(&act.deps.metrics.connections_total);
+            act.deps.metrics.connections_open.fetch_add(1, Ordering::Relaxed);
             let welcome = ServerFrame::Welcome {
                 user_id: identity.user_id,
                 device_id: identity.device_id,
-                node: act.node.config.server.node_id.clone(),
-                heartbeat_ms: act.node.config.websocket.heartbeat_ms,
+                node: act.deps.node_id.clone(),
+                heartbeat_ms: act.deps.websocket.heartbeat_ms,
             };
             act.push_frame(&welcome, ctx);
         }));
     }
 
     fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
-        Metrics::inc(&self.node.metrics.frames_in_total);
+        Metrics::inc(&self.deps.metrics.frames_in_total);
         let decoded = decode_client_frame(text);
         let request_id = match &decoded {
             Ok((id, _)) => id.clone(),
             Err(e) => e.id.clone(),
         };
-        if !self.bucket.try_take(Instant::now()) {
-            self.strikes += 1;
-            if self.strikes > self.node.config.limits.rate_strikes {
+        let now = Instant::now();
+        if !self.bucket.try_take(now) {
+            if self.strike(now) > self.deps.limits.rate_strikes {
                 self.close(close_code::POLICY, "rate limit exceeded repeatedly", ctx);
             } else {
                 let e = Error::new(
@@ -229,15 +250,20 @@ impl Session {
             }
             ClientFrame::Sync { cursors, limit } => self.on_sync(identity.user_id, id, cursors, limit, ctx),
             ClientFrame::History { conversation_id, before, limit } => {
-                let reader = self.node.reader.clone();
+                let history = self.deps.history.clone();
                 let fut =
-                    async move { reader.history(identity.user_id, conversation_id, before, limit).await };
-                ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
-                    Ok((messages, has_more)) => {
-                        let frame = ServerFrame::History { id, conversation_id, messages, has_more };
-                        act.push_frame(&frame, ctx);
+                    async move { history.history(identity.user_id, conversation_id, before, limit).await };
+                // The reply's room is held while it is read, so requests in flight count too.
+                self.outbox.reserve(HISTORY_RESERVATION);
+                ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+                    act.outbox.release(HISTORY_RESERVATION);
+                    match res {
+                        Ok((messages, has_more)) => {
+                            let frame = ServerFrame::History { id, conversation_id, messages, has_more };
+                            act.push_frame(&frame, ctx);
+                        }
+                        Err(e) => act.push_error(id, &e, ctx),
                     }
-                    Err(e) => act.push_error(id, &e, ctx),
                 }));
             }
             ClientFrame::PresenceSubscribe { user_ids } => {
@@ -254,7 +280,7 @@ impl Session {
             self.close(close_code::UNAUTHORIZED, "authenticate first", ctx);
             return;
         };
-        let accounts = self.node.accounts.clone();
+        let accounts = self.deps.accounts.clone();
         let fut = async move { accounts.authenticate(&token).await };
         ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
             Ok(identity) => act.register(identity, ctx),
@@ -268,7 +294,7 @@ impl Session {
     }
 
     fn on_send(&mut self, id: Option<String>, send: SendRequest, ctx: &mut Context<Self>) {
-        let limit = self.node.config.limits.max_body_bytes as usize;
+        let limit = self.deps.limits.max_body_bytes as usize;
         let invalid = if send.body.len() > limit {
             Some(Error::new(
                 ErrorCode::TooLarge,
@@ -288,7 +314,7 @@ impl Session {
             self.push_error(id, &e, ctx);
             return;
         }
-        let rx = match self.node.owner.send(send) {
+        let rx = match self.deps.owners.send(send) {
             Ok(rx) => rx,
             Err(e) => {
                 self.push_error(id, &e, ctx);
@@ -322,7 +348,7 @@ impl Session {
         to: Watermarks,
         ctx: &mut Context<Self>,
     ) {
-        let rx = match self.node.owner.advance(user, conversation_id, to) {
+        let rx = match self.deps.owners.advance(user, conversation_id, to) {
             Ok(rx) => rx,
             Err(e) => {
                 self.push_error(id, &e, ctx);
@@ -345,31 +371,29 @@ impl Session {
         ctx: &mut Context<Self>,
     ) {
         // Ephemeral and throttled: a repeat of the same state within the interval is dropped.
-        let now = Instant::now();
-        let interval = Duration::from_millis(self.node.config.limits.typing_interval_ms);
-        if let Some((last_active, at)) = self.typing_sent.get(&conversation_id)
-            && *last_active == active
-            && now.duration_since(*at) < interval
-        {
-            return;
-        }
-        self.typing_sent.insert(conversation_id, (active, now));
-        let conversations = self.node.conversations.clone();
-        let router = self.node.router.clone();
-        let fut = async move {
-            let info = conversations.for_member(conversation_id, user).await?;
+        // The throttle is keyed only after the membership check, so made-up ids grow nothing.
+        let directory = self.deps.directory.clone();
+        let fut = async move { directory.for_member(conversation_id, user).await };
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            let info = match res {
+                Ok(info) => info,
+                Err(e) => return act.push_error(id, &e, ctx),
+            };
+            let now = Instant::now();
+            let interval = Duration::from_millis(act.deps.limits.typing_interval_ms);
+            if let Some((last_active, at)) = act.typing_sent.get(&conversation_id)
+                && *last_active == active
+                && now.duration_since(*at) < interval
+            {
+                return;
+            }
+            act.typing_sent.insert(conversation_id, (active, now));
             let frame = ServerFrame::Typing { conversation_id, user_id: user, active };
-            router.do_send(Publish {
+            act.deps.router.do_send(Publish {
                 audience: info.members.clone(),
                 except: Audience::AllButUser(user),
                 event: SessionEvent::Frame(frame.encode()),
             });
-            Ok::<(), Error>(())
-        };
-        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
-            if let Err(e) = res {
-                act.push_error(id, &e, ctx);
-            }
         }));
     }
 
@@ -381,33 +405,26 @@ impl Session {
         limit: Option<u32>,
         ctx: &mut Context<Self>,
     ) {
-        let limit = limit.unwrap_or(SYNC_LIMIT_DEFAULT).clamp(1, self.node.config.limits.sync_limit_max);
-        let reader = self.node.reader.clone();
-        self.syncs_in_flight += 1;
-        let fut = async move { reader.sync(user, &cursors, limit).await };
-        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
-            act.syncs_in_flight -= 1;
-            match res {
-                Ok(pages) => {
-                    let mut states = std::collections::BTreeMap::new();
-                    for page in pages {
-                        for m in page.messages {
-                            let pushed = act.pushed.entry(m.conversation_id).or_default();
-                            *pushed = (*pushed).max(m.seq);
-                            act.push_frame(&ServerFrame::Message(m), ctx);
-                        }
-                        states.insert(page.conversation_id, page.state);
-                    }
-                    act.push_frame(&ServerFrame::SyncDone { id, conversations: states }, ctx);
-                }
-                Err(e) => act.push_error(id, &e, ctx),
+        let limit = limit.unwrap_or(SYNC_LIMIT_DEFAULT).clamp(1, self.deps.limits.sync_limit_max) as usize;
+        let request = SyncRequest { id, cursors, limit };
+        let start = self.tracker.borrow_mut().enqueue(request);
+        match start {
+            Ok(false) => {}
+            Ok(true) => {
+                let cx = SyncContext {
+                    user,
+                    history: self.deps.history.clone(),
+                    outbox: self.outbox.clone(),
+                    round_max: self.deps.limits.sync_round_max as usize,
+                };
+                actix::spawn(sync::run(self.tracker.clone(), cx));
             }
-            if act.syncs_in_flight == 0 {
-                for (conversation_id, seq, text) in std::mem::take(&mut act.held) {
-                    act.push_live(conversation_id, seq, text, ctx);
-                }
+            Err(request) => {
+                let e =
+                    Error::new(ErrorCode::RateLimited, "too many sync requests waiting; wait for sync_done");
+                self.push_error(request.id, &e, ctx);
             }
-        }));
+        }
     }
 
     fn on_presence_subscribe(
@@ -425,8 +442,8 @@ impl Session {
             self.push_error(id, &e, ctx);
             return;
         }
-        let conversations = self.node.conversations.clone();
-        let registry = self.node.registry.clone();
+        let conversations = self.deps.directory.clone();
+        let registry = self.deps.registry.clone();
         let session = self.id;
         let fut = async move {
             let mut allowed = Vec::new();
@@ -458,12 +475,10 @@ impl Session {
         text: ByteString,
         ctx: &mut Context<Self>,
     ) {
-        let pushed = self.pushed.entry(conversation_id).or_default();
-        if seq <= *pushed {
-            return;
+        let decided = self.tracker.borrow_mut().live(conversation_id, seq, text);
+        if let Some(text) = decided {
+            self.push(text, ctx);
         }
-        *pushed = seq;
-        self.push(text, ctx);
     }
 }
 
@@ -471,23 +486,29 @@ impl Actor for Session {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let heartbeat = Duration::from_millis(self.node.config.websocket.heartbeat_ms);
+        let heartbeat = Duration::from_millis(self.deps.websocket.heartbeat_ms);
         ctx.run_interval(heartbeat, move |act, ctx| {
             if act.last_heard.elapsed() > heartbeat * 3 {
                 tracing::info!(session = act.id, "idle connection closed (no pong for three heartbeats)");
                 act.close(close_code::IDLE_TIMEOUT, "no pong for three heartbeats", ctx);
             } else if !act.closing {
-                match act.out.try_send(Outbound::Ping) {
+                match act.outbox.push(Frame::Ping) {
                     Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => act.slow_consumer(ctx),
-                    Err(mpsc::error::TrySendError::Closed(_)) => ctx.stop(),
+                    Err(PushError::Full) => act.slow_consumer(ctx),
+                    Err(PushError::Closed) => ctx.stop(),
                 }
+            }
+        });
+        let stall = Duration::from_millis(self.deps.websocket.write_stall_ms);
+        ctx.run_interval(STALL_CHECK.min(stall), move |act, ctx| {
+            if !act.closing && act.outbox.stalled_for(Instant::now()) > stall {
+                act.slow_consumer(ctx);
             }
         });
         match self.identity.take() {
             Some(identity) => self.register(identity, ctx),
             None => {
-                let timeout = Duration::from_millis(self.node.config.websocket.auth_timeout_ms);
+                let timeout = Duration::from_millis(self.deps.websocket.auth_timeout_ms);
                 ctx.run_later(timeout, |act, ctx| {
                     if act.identity.is_none() {
                         act.close(close_code::UNAUTHORIZED, "no auth frame in time", ctx);
@@ -498,9 +519,11 @@ impl Actor for Session {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
+        // Ends the response body after what is queued (a no-op when already closing).
+        self.outbox.close(close_reason(1000, "bye"));
         if self.registered {
-            self.node.registry.do_send(Disconnect { session: self.id });
-            self.node.metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
+            self.deps.registry.do_send(Disconnect { session: self.id });
+            self.deps.metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -518,14 +541,12 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Session {
                 self.push_error(None, &e, ctx);
             }
             Ok(AggregatedMessage::Ping(payload)) => {
-                let _ = self.out.try_send(Outbound::Pong(payload));
+                if self.outbox.push(Frame::Pong(payload)) == Err(PushError::Full) {
+                    self.slow_consumer(ctx);
+                }
             }
             Ok(AggregatedMessage::Pong(_)) => {}
-            Ok(AggregatedMessage::Close(_)) => {
-                self.closing = true;
-                let _ = self.out.try_send(Outbound::Close(close_reason(1000, "bye")));
-                ctx.stop();
-            }
+            Ok(AggregatedMessage::Close(_)) => self.close(1000, "bye", ctx),
             Err(ProtocolError::Overflow) => {
                 self.close(close_code::TOO_BIG, "frame too big", ctx);
             }
@@ -552,65 +573,10 @@ impl Handler<SessionEvent> for Session {
     fn handle(&mut self, event: SessionEvent, ctx: &mut Context<Self>) {
         match event {
             SessionEvent::Message { conversation_id, seq, text } => {
-                if self.syncs_in_flight > 0 {
-                    // Held frames count against the same bound as queued ones.
-                    if self.held.len() >= 1024 {
-                        self.slow_consumer(ctx);
-                        return;
-                    }
-                    self.held.push((conversation_id, seq, text));
-                } else {
-                    self.push_live(conversation_id, seq, text, ctx);
-                }
+                self.push_live(conversation_id, seq, text, ctx);
             }
             SessionEvent::Frame(text) => self.push(text, ctx),
             SessionEvent::Close { code, reason } => self.close(code, reason, ctx),
-        }
-    }
-}
-
-/// Writes the session's frames in order; a kill signal closes at once, skipping the queue.
-async fn write_loop(
-    mut socket: actix_ws::Session,
-    mut rx: mpsc::Receiver<Outbound>,
-    mut kill: oneshot::Receiver<CloseReason>,
-    metrics: Arc<Metrics>,
-) {
-    let mut kill_armed = true;
-    loop {
-        let item = tokio::select! {
-            biased;
-            reason = &mut kill, if kill_armed => {
-                kill_armed = false;
-                match reason {
-                    Ok(reason) => {
-                        let _ = socket.close(Some(reason)).await;
-                        return;
-                    }
-                    // The session ended without a kill: keep draining the queue.
-                    Err(_) => continue,
-                }
-            }
-            item = rx.recv() => item,
-        };
-        let ok = match item {
-            Some(Outbound::Text(text)) => {
-                Metrics::inc(&metrics.frames_out_total);
-                socket.text(text).await.is_ok()
-            }
-            Some(Outbound::Ping) => socket.ping(b"").await.is_ok(),
-            Some(Outbound::Pong(payload)) => socket.pong(&payload).await.is_ok(),
-            Some(Outbound::Close(reason)) => {
-                let _ = socket.close(Some(reason)).await;
-                return;
-            }
-            None => {
-                let _ = socket.close(None).await;
-                return;
-            }
-        };
-        if !ok {
-            return;
         }
     }
 }

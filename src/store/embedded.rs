@@ -481,22 +481,36 @@ impl ReceiptStore for EmbeddedStore {
         user: UserId,
         to: Watermarks,
     ) -> StoreResult<Option<(Watermarks, bool)>> {
+        Ok(self.advance_many(&[(conversation, user, to)]).await?.pop().flatten())
+    }
+
+    async fn advance_many(
+        &self,
+        updates: &[(ConversationId, UserId, Watermarks)],
+    ) -> StoreResult<Vec<Option<(Watermarks, bool)>>> {
+        let updates = updates.to_vec();
         self.blocking(move |s| {
-            let key = key2(conversation.as_bytes(), user.as_bytes());
             let _guard = s.lock();
-            let Some(current) = s.get::<Watermarks>(&s.members, &key)? else {
-                return Ok(None);
-            };
-            let target =
-                Watermarks { delivered_seq: to.delivered_seq.max(to.read_seq), read_seq: to.read_seq };
-            let next = current.merge(target);
-            if next == current {
-                return Ok(Some((current, false)));
+            let mut batch = s.db.batch();
+            let mut out = Vec::with_capacity(updates.len());
+            for (conversation, user, to) in updates {
+                let key = key2(conversation.as_bytes(), user.as_bytes());
+                let Some(current) = s.get::<Watermarks>(&s.members, &key)? else {
+                    out.push(None);
+                    continue;
+                };
+                let target =
+                    Watermarks { delivered_seq: to.delivered_seq.max(to.read_seq), read_seq: to.read_seq };
+                let next = current.merge(target);
+                if next != current {
+                    batch.insert(&s.members, key, encode(&next));
+                }
+                out.push(Some((next, next != current)));
             }
             // Receipts are not acknowledged as durable: they reach the OS at once (safe from a
             // process crash) and the disk with the next sync.
-            s.members.insert(key, encode(&next)).map_err(unavailable)?;
-            Ok(Some((next, true)))
+            batch.commit().map_err(unavailable)?;
+            Ok(out)
         })
         .await
     }

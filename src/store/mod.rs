@@ -157,6 +157,18 @@ pub trait ReceiptStore: Send + Sync + 'static {
         user: UserId,
         to: Watermarks,
     ) -> StoreResult<Option<(Watermarks, bool)>>;
+    /// `advance_watermarks` for many (conversation, member) pairs at once, answers in order;
+    /// each pair appears at most once. Backends override it to write them together.
+    async fn advance_many(
+        &self,
+        updates: &[(ConversationId, UserId, Watermarks)],
+    ) -> StoreResult<Vec<Option<(Watermarks, bool)>>> {
+        let mut out = Vec::with_capacity(updates.len());
+        for (conversation, user, to) in updates {
+            out.push(self.advance_watermarks(*conversation, *user, *to).await?);
+        }
+        Ok(out)
+    }
 }
 
 /// Everything a chat backend provides; each component takes only the role it uses.

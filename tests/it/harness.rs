@@ -61,6 +61,7 @@ impl Server {
             .env("SWITCHBOARD_HTTP_ADDR", "127.0.0.1:0")
             .env("SWITCHBOARD_DATA_DIR", dir.path().join("data"))
             .env("SWITCHBOARD_WORKERS", "2")
+            .env("SWITCHBOARD_REGISTER_IP_PER_HOUR", "100000")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -5,6 +5,7 @@
 //! - `bench_smoke`: the load generator's quick run, so it cannot rot.
 //! - `cassandra_fault`: 3 Cassandra nodes, one SIGKILLed under load (run by scripts/test).
 //! - `bad_input`: every bad input yields its error code or close code.
+//! - `login_limits`: login/registration rate limits, the bounded hash queue, token expiry.
 //! - `restart`: SIGKILL and SIGTERM: nothing acked is lost, seq continues gaplessly.
 //! - `store_conformance`: one suite against every `AccountStore`/`ChatStore` backend.
 //! - `store_unavailable`: a store that is down or has no schema: unready, clear errors, recovery.
@@ -18,6 +19,7 @@ mod cassandra_fault;
 mod chat;
 mod config_file;
 mod harness;
+mod login_limits;
 mod presence_conformance;
 mod restart;
 mod store_conformance;

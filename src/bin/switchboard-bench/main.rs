@@ -5,11 +5,15 @@
 //! for the side-by-side runs) pinned to its own core, and writes JSON and Markdown results.
 //!
 //! `run` runs named scenarios; `idle-worker` is the child process that holds a share of the
-//! idle connections of S1 (several processes and source addresses pass the per-process file
-//! limit and the per-address port range).
+//! idle connections of S1 and S7 (several processes and source addresses pass the per-process
+//! file limit and the per-address port range).
+//!
+//! Exit status of `run`: 0 when every step that must be valid was (verdict PASS), 2 when the
+//! run completed but the verdict is FAIL (results are still written), 1 when it could not run.
 
 mod report;
 mod scenarios;
+mod slow;
 mod target;
 mod ws;
 
@@ -27,8 +31,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run scenarios and write `results.json` and `summary.md` into `--out`.
-    Run(scenarios::RunArgs),
-    /// Child process of S1: hold `count` idle connections (internal).
+    Run(Box<scenarios::RunArgs>),
+    /// Child process of S1 and S7: hold `count` idle connections (internal).
     IdleWorker {
         #[arg(long)]
         url: String,
@@ -53,14 +57,17 @@ fn main() -> ExitCode {
         .build()
         .expect("tokio runtime");
     let result = match cli.command {
-        Command::Run(args) => runtime.block_on(scenarios::run(args)),
+        Command::Run(args) => runtime.block_on(scenarios::run(*args)),
         Command::IdleWorker { url, target, tokens, count, source_ip, hold_secs } => {
             let tokens: Vec<String> = tokens.split(',').map(str::to_owned).collect();
-            runtime.block_on(scenarios::idle_worker(url, target, tokens, count, source_ip, hold_secs))
+            runtime
+                .block_on(scenarios::idle_worker(url, target, tokens, count, source_ip, hold_secs))
+                .map(|()| true)
         }
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(2),
         Err(e) => {
             eprintln!("switchboard-bench: {e}");
             ExitCode::FAILURE

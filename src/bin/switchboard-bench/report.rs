@@ -1,12 +1,30 @@
-//! Benchmark results: the typed records each scenario produces, and `results.json` plus a
+//! Benchmark results: the typed records each scenario produces, the strict per-step verdicts
+//! (what makes a step a valid point) and the run's overall verdict, and `results.json` plus a
 //! Markdown `summary.md` (with switchboard/Centrifugo ratios when both ran) in the run folder.
 
 use crate::Failure;
 use crate::target::{Kind, Sut};
 use hdrhistogram::Histogram;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::Path;
+
+/// Events counted by kind and code: `error:<code>` (an error frame), `close:<code>` (a close
+/// frame), `http_<status>:<code>`, `timeout`, `pending`, … — whatever went wrong, and how often.
+pub type Counts = BTreeMap<String, u64>;
+
+pub fn bump(counts: &mut Counts, key: impl Into<String>) {
+    *counts.entry(key.into()).or_default() += 1;
+}
+
+/// `error:rate_limited ×3, close:4008 ×1`, or `none`.
+pub fn counts_line(counts: &Counts) -> String {
+    if counts.is_empty() {
+        return "none".into();
+    }
+    counts.iter().map(|(k, v)| format!("{k} ×{v}")).collect::<Vec<_>>().join(", ")
+}
 
 #[derive(Serialize, Clone, Copy, Default, Debug)]
 pub struct Percentiles {
@@ -45,6 +63,19 @@ pub struct IdleResult {
     /// Slab + TCP buffer growth over both loopback ends, per connection.
     pub kernel_per_conn_kib: f64,
     pub connect_secs: f64,
+    /// Valid when every requested connection was made.
+    pub valid: bool,
+    pub invalid_reasons: Vec<String>,
+}
+
+impl IdleResult {
+    pub fn judge(&mut self) {
+        self.invalid_reasons.clear();
+        if self.connections != self.requested {
+            self.invalid_reasons.push(format!("{} of {} connections made", self.connections, self.requested));
+        }
+        self.valid = self.invalid_reasons.is_empty();
+    }
 }
 
 #[derive(Serialize)]
@@ -70,33 +101,80 @@ pub struct LatencyResult {
     pub server_cpu_secs: f64,
     pub server_cpu_us_per_delivery: f64,
     pub server_rss_kib: u64,
+    /// Error and close frames (and broken connections) seen during this step, by kind/code.
+    pub errors: Counts,
+    /// Events of an earlier step that arrived during this one (late acks or deliveries); they
+    /// are not counted above.
+    pub stale_events: u64,
+    /// Pairs for which scheduled = sent = acked = delivered does not hold, and a few of them.
+    pub pairs_mismatched: usize,
+    pub mismatch_examples: Vec<String>,
+    /// Valid: the schedule was kept (≥ 99 %), every pair has scheduled = sent = acked =
+    /// delivered, nothing was duplicated or reordered, and no error frame arrived.
+    pub valid: bool,
+    pub invalid_reasons: Vec<String>,
 }
 
 impl LatencyResult {
-    /// Open-loop validity and correctness: the schedule was kept (≥ 99 %), nothing acked was
-    /// lost, duplicated or reordered, and delivery p99 is within `p99_bound_us`.
+    /// Fills `valid` and `invalid_reasons` from the counters.
+    pub fn judge(&mut self) {
+        let mut reasons = Vec::new();
+        if self.achieved_rate < 0.99 * self.target_rate as f64 {
+            reasons.push(format!("achieved {:.0}/s < 99 % of {}/s", self.achieved_rate, self.target_rate));
+        }
+        if self.pairs_mismatched > 0 {
+            reasons.push(format!(
+                "{} of {} pairs without scheduled = sent = acked = delivered (e.g. {})",
+                self.pairs_mismatched,
+                self.pairs,
+                self.mismatch_examples.join("; ")
+            ));
+        }
+        if self.lost > 0 {
+            reasons.push(format!("{} acked but not delivered", self.lost));
+        }
+        if self.duplicated > 0 {
+            reasons.push(format!("{} duplicated", self.duplicated));
+        }
+        if self.reordered > 0 {
+            reasons.push(format!("{} reordered", self.reordered));
+        }
+        if !self.errors.is_empty() {
+            reasons.push(format!("errors: {}", counts_line(&self.errors)));
+        }
+        self.valid = reasons.is_empty();
+        self.invalid_reasons = reasons;
+    }
+
+    /// Valid, and delivery p99 within `p99_bound_us` (S3's ramp goes on while this holds).
     pub fn passes(&self, p99_bound_us: u64) -> bool {
-        self.achieved_rate >= 0.99 * self.target_rate as f64
-            && self.lost == 0
-            && self.duplicated == 0
-            && self.reordered == 0
-            && self.latency_us.p99 <= p99_bound_us
+        self.valid && self.latency_us.p99 <= p99_bound_us
+    }
+
+    /// A correctness failure no load excuses: a message delivered twice or out of order.
+    pub fn broke_order(&self) -> bool {
+        self.duplicated > 0 || self.reordered > 0
     }
 
     pub fn one_line(&self) -> String {
         format!(
-            "achieved {:.0}/s, delivered {}/{} acked, lost {}, dup {}, reordered {}, p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs, server {:.2} CPU-s",
+            "{}: achieved {:.0}/s, scheduled {}, sent {}, acked {}, delivered {}, lost {}, dup {}, reordered {}, errors {}, p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs, server {:.2} CPU-s{}",
+            if self.valid { "valid" } else { "INVALID" },
             self.achieved_rate,
-            self.delivered,
+            self.scheduled,
+            self.sent,
             self.acked,
+            self.delivered,
             self.lost,
             self.duplicated,
             self.reordered,
+            counts_line(&self.errors),
             self.latency_us.p50,
             self.latency_us.p99,
             self.latency_us.p999,
             self.latency_us.max,
-            self.server_cpu_secs
+            self.server_cpu_secs,
+            if self.valid { String::new() } else { format!(" ({})", self.invalid_reasons.join("; ")) }
         )
     }
 }
@@ -107,10 +185,129 @@ pub struct HistoryResult {
     pub messages_in_conversation: u64,
     pub page_size: u32,
     pub target_rate: u64,
+    pub achieved_rate: f64,
     pub requests: u64,
+    /// Every request that did not succeed: failed, timed out, or still pending at the end.
     pub errors: u64,
+    /// The same, by kind/code (`http_503:unavailable`, `timeout`, `pending`, …).
+    pub failures: Counts,
+    /// Requests with no answer when the step ended (counted in `errors` too).
+    pub pending: u64,
     pub latency_us: Percentiles,
     pub server_cpu_secs: f64,
+    /// Valid: schedule kept (≥ 99 %) and every request answered with success.
+    pub valid: bool,
+    pub invalid_reasons: Vec<String>,
+}
+
+impl HistoryResult {
+    pub fn judge(&mut self) {
+        let mut reasons = Vec::new();
+        if self.achieved_rate < 0.99 * self.target_rate as f64 {
+            reasons.push(format!("achieved {:.0}/s < 99 % of {}/s", self.achieved_rate, self.target_rate));
+        }
+        if self.errors > 0 {
+            reasons.push(format!(
+                "{} of {} requests failed: {}",
+                self.errors,
+                self.requests,
+                counts_line(&self.failures)
+            ));
+        }
+        if self.latency_us.count != self.requests {
+            reasons.push(format!("{} of {} requests succeeded", self.latency_us.count, self.requests));
+        }
+        self.valid = reasons.is_empty();
+        self.invalid_reasons = reasons;
+    }
+}
+
+/// One hostile (never-reading) client of S7.
+#[derive(Serialize, Clone, Debug, Default)]
+pub struct HostileClient {
+    /// `history` requests written (fully or partly) into the socket.
+    pub requests_sent: u64,
+    /// Request ticks skipped because the socket's send side was full (the server had stopped
+    /// reading this client).
+    pub requests_not_issued: u64,
+    /// When the send side first filled up, ms after the client stopped reading.
+    pub send_blocked_after_ms: Option<u64>,
+    /// The server closed (or reset) the connection.
+    pub closed_by_server: bool,
+    /// When that was noticed, ms after the client stopped reading (resolution: one request
+    /// interval).
+    pub closed_after_ms: Option<u64>,
+    /// How the close showed: the socket error (`reset`, `broken pipe`, …).
+    pub close_how: Option<String>,
+    /// The WebSocket close code, when a close frame could still be read afterwards.
+    pub close_code: Option<u16>,
+    /// The generator dropped the connection at the RSS safety cap.
+    pub dropped_at_rss_cap: bool,
+}
+
+/// A check of S7 against what the server promises. One the run could not evaluate (its
+/// phase too short) has `evaluated: false` and counts as met.
+#[derive(Serialize, Clone, Debug)]
+pub struct Check {
+    pub name: String,
+    pub expected: String,
+    pub observed: String,
+    pub evaluated: bool,
+    pub met: bool,
+}
+
+/// S7 slow consumer: idle clients, never-reading history flooders, ping latency of
+/// well-behaved clients, and the server's memory.
+#[derive(Serialize, Debug)]
+pub struct SlowConsumerResult {
+    pub target: Kind,
+    pub idle_requested: usize,
+    pub idle_connected: usize,
+    pub hostile_requested: usize,
+    pub hostile_connected: usize,
+    pub pingers: usize,
+    pub seeded_messages: u64,
+    pub body_bytes: usize,
+    pub page_limit: u32,
+    pub hostile_rate_per_client: u64,
+    pub hostile_phase_secs: f64,
+    pub hostile_recv_buffer_bytes: u32,
+    /// The server's effective `websocket.write_stall_ms` and `websocket.outbound_bytes`
+    /// (from `switchboard config`; null when the build has no such key).
+    pub server_write_stall_ms: Option<u64>,
+    pub server_outbound_bytes: Option<u64>,
+    pub rss_start_kib: u64,
+    pub rss_idle_kib: u64,
+    pub rss_per_idle_client_kib: f64,
+    /// Before the hostile clients connect (idle clients and pingers connected).
+    pub rss_before_hostile_kib: u64,
+    pub rss_peak_kib: u64,
+    pub rss_peak_at_secs: f64,
+    /// At the end of the hostile phase, hostile clients still connected unless closed.
+    pub rss_final_kib: u64,
+    /// After the generator dropped every hostile connection and waited.
+    pub rss_after_release_kib: u64,
+    /// (seconds into the hostile phase, RSS KiB), every 500 ms.
+    pub rss_samples: Vec<(f64, u64)>,
+    pub kernel_peak_growth_kib: u64,
+    pub rss_cap_kib: u64,
+    pub rss_cap_hit: bool,
+    pub ping_interval_ms: u64,
+    pub ping_baseline_us: Percentiles,
+    pub ping_hostile_us: Percentiles,
+    pub pings_sent: u64,
+    pub pings_answered: u64,
+    pub ping_failures: Counts,
+    pub hostile: Vec<HostileClient>,
+    pub hostile_closed: usize,
+    pub hostile_closed_after_ms_min: Option<u64>,
+    pub hostile_closed_after_ms_max: Option<u64>,
+    pub expectations: Vec<Check>,
+    /// Valid measurement: every idle and hostile client connected (the pinging clients and the
+    /// seeding fail the run outright). Whether the server met its promises — pings answered,
+    /// hostile clients closed in time, output bounded — is `expectations`.
+    pub valid: bool,
+    pub invalid_reasons: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -153,6 +350,15 @@ impl Machine {
     }
 }
 
+/// The run's verdict: `pass` unless a step that must be valid was not. `notes` are findings
+/// that do not fail the run (the step that ended S3's ramp, S7 expectations unless enforced).
+#[derive(Serialize, Default)]
+pub struct Verdict {
+    pub pass: bool,
+    pub failures: Vec<String>,
+    pub notes: Vec<String>,
+}
+
 #[derive(Serialize)]
 pub struct Results {
     pub machine: Machine,
@@ -165,7 +371,9 @@ pub struct Results {
     pub idle: Vec<IdleResult>,
     pub latency: Vec<LatencyResult>,
     pub history: Vec<HistoryResult>,
+    pub slow_consumer: Vec<SlowConsumerResult>,
     pub skipped: Vec<Skipped>,
+    pub verdict: Verdict,
 }
 
 impl Results {
@@ -185,8 +393,20 @@ impl Results {
             idle: Vec::new(),
             latency: Vec::new(),
             history: Vec::new(),
+            slow_consumer: Vec::new(),
             skipped: Vec::new(),
+            verdict: Verdict { pass: true, ..Verdict::default() },
         }
+    }
+
+    /// A step that had to be valid and was not: the run fails.
+    pub fn fail(&mut self, what: String) {
+        self.verdict.pass = false;
+        self.verdict.failures.push(what);
+    }
+
+    pub fn note(&mut self, what: String) {
+        self.verdict.notes.push(what);
     }
 
     pub fn note_version(&mut self, sut: &Sut) {
@@ -226,23 +446,40 @@ pub fn markdown(r: &Results) -> String {
     for (k, v) in &r.versions {
         let _ = writeln!(md, "- {}: `{v}`", name(*k));
     }
+    let _ = writeln!(
+        md,
+        "\n**Verdict: {}**{}\n",
+        if r.verdict.pass { "PASS" } else { "FAIL" },
+        if r.verdict.pass {
+            " — every step that must be valid is valid.".to_owned()
+        } else {
+            format!(" — {} failure(s); the process exits with status 2.", r.verdict.failures.len())
+        }
+    );
+    for f in &r.verdict.failures {
+        let _ = writeln!(md, "- FAIL: {f}");
+    }
+    for n in &r.verdict.notes {
+        let _ = writeln!(md, "- note: {n}");
+    }
     if !r.idle.is_empty() {
         let _ = writeln!(md, "\n## S1 idle connections\n");
         let _ = writeln!(
             md,
-            "| target | connections | server RSS / conn (KiB) | kernel / conn, both ends (KiB) | connect time (s) |"
+            "| target | connections | server RSS / conn (KiB) | kernel / conn, both ends (KiB) | connect time (s) | valid |"
         );
-        let _ = writeln!(md, "|---|---|---|---|---|");
+        let _ = writeln!(md, "|---|---|---|---|---|---|");
         for i in &r.idle {
             let _ = writeln!(
                 md,
-                "| {} | {} of {} | {:.1} | {:.1} | {:.1} |",
+                "| {} | {} of {} | {:.1} | {:.1} | {:.1} | {} |",
                 name(i.target),
                 i.connections,
                 i.requested,
                 i.rss_per_conn_kib,
                 i.kernel_per_conn_kib,
-                i.connect_secs
+                i.connect_secs,
+                valid_cell(i.valid, &i.invalid_reasons)
             );
         }
     }
@@ -259,56 +496,202 @@ pub fn markdown(r: &Results) -> String {
         let _ = writeln!(md, "\n## {title}\n");
         let _ = writeln!(
             md,
-            "| target | rate (target → achieved /s) | pairs | delivered / acked | lost | dup | reord | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | ack p99 µs | server CPU µs / delivery |"
+            "| target | rate (target → achieved /s) | pairs | scheduled / sent / acked / delivered | lost | dup | reord | errors | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | ack p99 µs | server CPU µs / delivery | valid |"
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for l in rows {
             let _ = writeln!(
                 md,
-                "| {} | {} → {:.0} | {} | {} / {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} |",
+                "| {} | {} → {:.0} | {} | {} / {} / {} / {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {} |",
                 name(l.target),
                 l.target_rate,
                 l.achieved_rate,
                 l.pairs,
-                l.delivered,
+                l.scheduled,
+                l.sent,
                 l.acked,
+                l.delivered,
                 l.lost,
                 l.duplicated,
                 l.reordered,
+                counts_line(&l.errors),
                 l.latency_us.p50,
                 l.latency_us.p90,
                 l.latency_us.p99,
                 l.latency_us.p999,
                 l.latency_us.max,
                 l.ack_latency_us.p99,
-                l.server_cpu_us_per_delivery
+                l.server_cpu_us_per_delivery,
+                valid_cell(l.valid, &l.invalid_reasons)
             );
         }
     }
     if !r.history.is_empty() {
         let _ = writeln!(md, "\n## S6 history page (50 messages)\n");
-        let _ = writeln!(md, "| target | rate /s | requests | errors | p50 µs | p90 µs | p99 µs | max µs |");
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(
+            md,
+            "| target | rate (target → achieved /s) | requests | failures (incl. pending) | p50 µs | p90 µs | p99 µs | max µs | valid |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
         for h in &r.history {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} → {:.0} | {} | {} ({}) | {} | {} | {} | {} | {} |",
                 name(h.target),
                 h.target_rate,
+                h.achieved_rate,
                 h.requests,
                 h.errors,
+                counts_line(&h.failures),
                 h.latency_us.p50,
                 h.latency_us.p90,
                 h.latency_us.p99,
-                h.latency_us.max
+                h.latency_us.max,
+                valid_cell(h.valid, &h.invalid_reasons)
             );
         }
+    }
+    for s in &r.slow_consumer {
+        slow_consumer_md(&mut md, s);
     }
     ratios(&mut md, r);
     for s in &r.skipped {
         let _ = writeln!(md, "\n- {} {} skipped: {}", name(s.target), s.scenario, s.reason);
     }
     md
+}
+
+fn valid_cell(valid: bool, reasons: &[String]) -> String {
+    if valid { "yes".into() } else { format!("**no**: {}", reasons.join("; ")) }
+}
+
+fn opt_ms(v: Option<u64>) -> String {
+    v.map(|v| format!("{v} ms")).unwrap_or_else(|| "—".into())
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn slow_consumer_md(md: &mut String, s: &SlowConsumerResult) {
+    let _ = writeln!(md, "\n## S7 slow consumer ({})\n", name(s.target));
+    let _ = writeln!(
+        md,
+        "{} idle clients ({} connected), {} pinging clients (one ping per {} ms each), {} hostile clients ({} connected) \
+         sending `history` (limit {}, {} messages of {} B seeded) at {}/s each for {:.1} s and never reading \
+         (receive buffer {} B). Server: write_stall_ms {}, outbound_bytes {}. Measurement valid: {}.\n",
+        s.idle_requested,
+        s.idle_connected,
+        s.pingers,
+        s.ping_interval_ms,
+        s.hostile_requested,
+        s.hostile_connected,
+        s.page_limit,
+        s.seeded_messages,
+        s.body_bytes,
+        s.hostile_rate_per_client,
+        s.hostile_phase_secs,
+        s.hostile_recv_buffer_bytes,
+        s.server_write_stall_ms.map(|v| v.to_string()).unwrap_or_else(|| "unknown".into()),
+        s.server_outbound_bytes.map(|v| v.to_string()).unwrap_or_else(|| "unknown".into()),
+        valid_cell(s.valid, &s.invalid_reasons)
+    );
+    let _ = writeln!(md, "| measure | value |");
+    let _ = writeln!(md, "|---|---|");
+    let rows = [
+        ("server RSS at start", mib(s.rss_start_kib)),
+        (
+            "server RSS with idle clients",
+            format!("{} ({:.1} KiB per idle client)", mib(s.rss_idle_kib), s.rss_per_idle_client_kib),
+        ),
+        ("server RSS before hostile clients", mib(s.rss_before_hostile_kib)),
+        (
+            "server RSS peak (hostile phase)",
+            format!(
+                "{} at {:.1} s (+{} over before){}",
+                mib(s.rss_peak_kib),
+                s.rss_peak_at_secs,
+                mib(s.rss_peak_kib.saturating_sub(s.rss_before_hostile_kib)),
+                if s.rss_cap_hit {
+                    format!(" — **safety cap {} hit, hostile clients dropped**", mib(s.rss_cap_kib))
+                } else {
+                    String::new()
+                }
+            ),
+        ),
+        ("server RSS at end of hostile phase", mib(s.rss_final_kib)),
+        ("server RSS after hostile clients dropped", mib(s.rss_after_release_kib)),
+        ("kernel memory peak growth (slab + TCP)", mib(s.kernel_peak_growth_kib)),
+        (
+            "ping p50 / p99 / max, idle only",
+            format!(
+                "{} / {} / {} µs",
+                s.ping_baseline_us.p50, s.ping_baseline_us.p99, s.ping_baseline_us.max
+            ),
+        ),
+        (
+            "ping p50 / p99 / max, hostile phase",
+            format!("{} / {} / {} µs", s.ping_hostile_us.p50, s.ping_hostile_us.p99, s.ping_hostile_us.max),
+        ),
+        (
+            "pings answered / sent",
+            format!("{} / {} (failures: {})", s.pings_answered, s.pings_sent, counts_line(&s.ping_failures)),
+        ),
+        (
+            "hostile clients closed by the server",
+            format!(
+                "{} of {} (after {} – {} of not reading)",
+                s.hostile_closed,
+                s.hostile_connected,
+                opt_ms(s.hostile_closed_after_ms_min),
+                opt_ms(s.hostile_closed_after_ms_max)
+            ),
+        ),
+    ];
+    for (k, v) in rows {
+        let _ = writeln!(md, "| {k} | {v} |");
+    }
+    let _ = writeln!(
+        md,
+        "\n| hostile | requests sent | ticks blocked | send side full after | closed by server after | how | close code |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    for (i, h) in s.hostile.iter().enumerate() {
+        let _ = writeln!(
+            md,
+            "| {i} | {} | {} | {} | {} | {} | {} |",
+            h.requests_sent,
+            h.requests_not_issued,
+            opt_ms(h.send_blocked_after_ms),
+            if h.closed_by_server {
+                opt_ms(h.closed_after_ms)
+            } else if h.dropped_at_rss_cap {
+                "no (dropped at RSS cap)".into()
+            } else {
+                "not closed".into()
+            },
+            h.close_how.clone().unwrap_or_else(|| "—".into()),
+            h.close_code.map(|c| c.to_string()).unwrap_or_else(|| "—".into())
+        );
+    }
+    let _ = writeln!(md, "\n| expectation | expected | observed | met |");
+    let _ = writeln!(md, "|---|---|---|---|");
+    for c in &s.expectations {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            c.name,
+            c.expected,
+            c.observed,
+            if !c.evaluated {
+                "n/a"
+            } else if c.met {
+                "yes"
+            } else {
+                "**no**"
+            }
+        );
+    }
 }
 
 /// switchboard / Centrifugo for the same scenario and rate (lower is better for all three).

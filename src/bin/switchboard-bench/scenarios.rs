@@ -1,14 +1,19 @@
-//! The named scenarios: S1 idle connections (memory per connection), S2 1:1 delivery latency
-//! at steady rates, S3 durable throughput under a p99 bound, S4 group fan-out (skipped until
-//! groups exist), S6 history page latency. Every run is bounded in time and count.
+//! The run (`switchboard-bench run`): its options, the order of the named scenarios and the
+//! run's verdict; and the scenarios S1 idle connections (memory per connection), S2 1:1
+//! delivery latency at steady rates, S3 durable throughput under a p99 bound, S4 group fan-out
+//! (skipped until groups exist), S6 history page latency. S7 (slow consumer) lives in
+//! `slow.rs`. Every run is bounded in time and count; every step's counters start at zero.
 
-use crate::report::{self, HistoryResult, IdleResult, LatencyResult, Percentiles, Results, Skipped};
-use crate::target::{self, Incoming, Kind, Sut};
+use crate::report::{
+    self, Counts, HistoryResult, IdleResult, LatencyResult, Percentiles, Results, Skipped, bump, counts_line,
+};
+use crate::slow::{self, SlowConsumer};
+use crate::target::{self, Incoming, Kind, Sut, http_client};
 use crate::{Failure, ws};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -19,8 +24,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Scenarios to run: s1, s2, s3, s4, s6.
-    #[arg(long, value_delimiter = ',', default_value = "s1,s2,s3,s4,s6")]
+    /// Scenarios to run: s1, s2, s3, s4, s6, s7.
+    #[arg(long, value_delimiter = ',', default_value = "s1,s2,s3,s4,s6,s7")]
     scenarios: Vec<String>,
     /// Systems to measure; centrifugo runs S1 and S2 (needs --centrifugo-bin).
     #[arg(long, value_delimiter = ',', default_value = "switchboard")]
@@ -56,6 +61,53 @@ pub struct RunArgs {
     server_cpu: usize,
     #[arg(long, default_value_t = 1)]
     client_cpu: usize,
+    /// Extra environment for the switchboard server, KEY=VALUE (repeatable), e.g.
+    /// `--server-env SWITCHBOARD_WRITE_STALL_MS=2000`.
+    #[arg(long = "server-env", value_parser = parse_env_pair)]
+    server_env: Vec<(String, String)>,
+    /// S7: idle authenticated clients (default 1,000; quick 50).
+    #[arg(long)]
+    s7_idle: Option<usize>,
+    /// S7: hostile clients that request history and never read (default 10; quick 2).
+    #[arg(long)]
+    s7_hostile: Option<usize>,
+    /// S7: well-behaved clients measuring ping round trips (default 5; quick 2).
+    #[arg(long)]
+    s7_pingers: Option<usize>,
+    /// S7: messages seeded into the hostile clients' conversation (default 200; quick 60).
+    #[arg(long)]
+    s7_messages: Option<u64>,
+    /// S7: body size of each seeded message, bytes (the server's limit is 64 KiB).
+    #[arg(long, default_value_t = 60 * 1024)]
+    s7_body_bytes: usize,
+    /// S7: `limit` of each hostile `history` request (default 50; quick 20).
+    #[arg(long)]
+    s7_page: Option<u32>,
+    /// S7: `history` requests per second per hostile client (default 20; quick 5).
+    #[arg(long)]
+    s7_hostile_rate: Option<u64>,
+    /// S7: seconds of the hostile phase (default: the server's write_stall_ms + 10 s; quick 3).
+    #[arg(long)]
+    s7_secs: Option<u64>,
+    /// S7: one ping per this many ms per well-behaved client.
+    #[arg(long, default_value_t = 100)]
+    s7_ping_ms: u64,
+    /// S7: receive buffer of each hostile socket, bytes (the kernel doubles it).
+    #[arg(long, default_value_t = 4096)]
+    s7_recv_buffer: u32,
+    /// S7 safety cap: above this server RSS the generator stops the hostile clients and drops
+    /// their connections (MiB).
+    #[arg(long, default_value_t = 1024)]
+    s7_rss_cap_mib: u64,
+    /// Make S7's expectations (hostile clients closed within write_stall_ms, output bounded)
+    /// part of the verdict and the exit status; without it they are reported as notes.
+    #[arg(long)]
+    s7_expect: bool,
+}
+
+fn parse_env_pair(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("expected KEY=VALUE, got `{s}`"))?;
+    Ok((k.to_owned(), v.to_owned()))
 }
 
 struct Sizes {
@@ -66,6 +118,12 @@ struct Sizes {
     step: Duration,
     history_messages: u64,
     history_rate: u64,
+    s7_idle: usize,
+    s7_hostile: usize,
+    s7_pingers: usize,
+    s7_messages: u64,
+    s7_page: u32,
+    s7_hostile_rate: u64,
 }
 
 impl RunArgs {
@@ -83,6 +141,12 @@ impl RunArgs {
             step: Duration::from_secs(self.step_secs.unwrap_or(if quick { 2 } else { 15 })),
             history_messages: if quick { 300 } else { 5_000 },
             history_rate: if quick { 100 } else { 1_000 },
+            s7_idle: self.s7_idle.unwrap_or(if quick { 50 } else { 1_000 }),
+            s7_hostile: self.s7_hostile.unwrap_or(if quick { 2 } else { 10 }),
+            s7_pingers: self.s7_pingers.unwrap_or(if quick { 2 } else { 5 }),
+            s7_messages: self.s7_messages.unwrap_or(if quick { 60 } else { 200 }),
+            s7_page: self.s7_page.unwrap_or(if quick { 20 } else { 50 }),
+            s7_hostile_rate: self.s7_hostile_rate.unwrap_or(if quick { 5 } else { 20 }),
         }
     }
 }
@@ -90,7 +154,8 @@ impl RunArgs {
 /// The S3 latency bound: a rate passes while delivery p99 stays at or under it.
 const S3_P99_BOUND_US: u64 = 50_000;
 
-pub async fn run(args: RunArgs) -> Result<(), Failure> {
+/// Runs the chosen scenarios and writes the results. `Ok(true)` when the verdict is PASS.
+pub async fn run(args: RunArgs) -> Result<bool, Failure> {
     pin_self(args.client_cpu);
     let out = args.out.clone().unwrap_or_else(crate::default_out_dir);
     std::fs::create_dir_all(&out)?;
@@ -106,9 +171,12 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         let start = |kind: Kind| {
             let (bin, work, cpu) = (switchboard_bin.clone(), work.clone(), args.server_cpu);
             let centrifugo = args.centrifugo_bin.clone();
+            let env = args.server_env.clone();
             async move {
                 match kind {
-                    Kind::Switchboard => Sut::start_switchboard(&bin, &work.join("switchboard"), cpu).await,
+                    Kind::Switchboard => {
+                        Sut::start_switchboard(&bin, &work.join("switchboard"), cpu, &env).await
+                    }
                     Kind::Centrifugo => {
                         let bin = centrifugo.ok_or("--centrifugo-bin (or CENTRIFUGO_BIN) is needed")?;
                         Sut::start_centrifugo(&bin, &work.join("centrifugo"), cpu).await
@@ -116,15 +184,19 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
                 }
             }
         };
+        let label = |s: &str| format!("{} {s}", report_name(kind));
         if wanted("s1") {
             let sut = start(kind).await?;
             results.note_version(&sut);
             eprintln!("[{kind:?}] S1: {} idle connections", sizes.idle);
             let r = s1_idle(&sut, sizes.idle).await?;
             eprintln!(
-                "  {:.1} KiB RSS + {:.1} KiB kernel per connection",
-                r.rss_per_conn_kib, r.kernel_per_conn_kib
+                "  {:.1} KiB RSS + {:.1} KiB kernel per connection; {} of {} connected",
+                r.rss_per_conn_kib, r.kernel_per_conn_kib, r.connections, r.requested
             );
+            if !r.valid {
+                results.fail(format!("{}: {}", label("S1"), r.invalid_reasons.join("; ")));
+            }
             results.idle.push(r);
             sut.stop(&out, &format!("{kind:?}-s1").to_lowercase()).await;
         }
@@ -137,6 +209,13 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
                     eprintln!("[{kind:?}] S2: {} pairs at {rate} msgs/s for {:?}", sizes.pairs, sizes.step);
                     let r = pairs.step(&sut, "s2", *rate, sizes.step).await?;
                     eprintln!("  {}", r.one_line());
+                    if !r.valid {
+                        results.fail(format!(
+                            "{} at {rate}/s: {}",
+                            label("S2"),
+                            r.invalid_reasons.join("; ")
+                        ));
+                    }
                     results.latency.push(r);
                 }
             }
@@ -146,6 +225,17 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
                     let r = pairs.step(&sut, "s3", *rate, sizes.step).await?;
                     eprintln!("  {}", r.one_line());
                     let pass = r.passes(S3_P99_BOUND_US);
+                    if !pass {
+                        // The step that ends the ramp is the measurement's upper end, not a
+                        // failure, unless it broke ordering (never excused by load).
+                        let why = if r.valid {
+                            format!("p99 {} µs > {S3_P99_BOUND_US} µs", r.latency_us.p99)
+                        } else {
+                            r.invalid_reasons.join("; ")
+                        };
+                        let what = format!("{} ramp ended at {rate}/s: {why}", label("S3"));
+                        if r.broke_order() { results.fail(what) } else { results.note(what) }
+                    }
                     results.latency.push(r);
                     if !pass {
                         break;
@@ -167,15 +257,86 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
             eprintln!("[{kind:?}] S6: history pages of 50 at {} req/s", sizes.history_rate);
             let r = s6_history(&sut, sizes.history_messages, sizes.history_rate, sizes.step, args.payload)
                 .await?;
-            eprintln!("  p50 {} µs, p99 {} µs, errors {}", r.latency_us.p50, r.latency_us.p99, r.errors);
+            eprintln!(
+                "  {}: p50 {} µs, p99 {} µs, failures {} ({})",
+                if r.valid { "valid" } else { "INVALID" },
+                r.latency_us.p50,
+                r.latency_us.p99,
+                r.errors,
+                counts_line(&r.failures)
+            );
+            if !r.valid {
+                results.fail(format!("{}: {}", label("S6"), r.invalid_reasons.join("; ")));
+            }
             results.history.push(r);
             sut.stop(&out, &format!("{kind:?}-s6").to_lowercase()).await;
+        }
+        if wanted("s7") && kind == Kind::Switchboard {
+            let env = target::switchboard_env(&work.join("switchboard"), &args.server_env);
+            let write_stall_ms = target::switchboard_config_value(&switchboard_bin, &env, "write_stall_ms");
+            let outbound_bytes = target::switchboard_config_value(&switchboard_bin, &env, "outbound_bytes");
+            let phase_secs = args.s7_secs.unwrap_or(if args.quick {
+                3
+            } else {
+                write_stall_ms.unwrap_or(10_000).div_ceil(1000) + 10
+            });
+            let plan = SlowConsumer {
+                idle: sizes.s7_idle,
+                hostile: sizes.s7_hostile,
+                pingers: sizes.s7_pingers,
+                messages: sizes.s7_messages,
+                body_bytes: args.s7_body_bytes,
+                page: sizes.s7_page,
+                hostile_rate: sizes.s7_hostile_rate,
+                phase: Duration::from_secs(phase_secs),
+                ping_interval: Duration::from_millis(args.s7_ping_ms.max(1)),
+                recv_buffer: args.s7_recv_buffer,
+                rss_cap_kib: args.s7_rss_cap_mib * 1024,
+                settle: Duration::from_millis(if args.quick { 500 } else { 2_000 }),
+                write_stall_ms,
+                outbound_bytes,
+            };
+            let sut = start(kind).await?;
+            results.note_version(&sut);
+            eprintln!(
+                "[{kind:?}] S7: {} idle, {} pinging, {} hostile clients (history limit {} at {}/s each, never read) for {phase_secs} s",
+                plan.idle, plan.pingers, plan.hostile, plan.page, plan.hostile_rate
+            );
+            let r = slow::run(&sut, &plan).await?;
+            eprintln!("  {}", slow::one_line(&r));
+            if !r.valid {
+                results.fail(format!("{}: {}", label("S7"), r.invalid_reasons.join("; ")));
+            }
+            for c in r.expectations.iter().filter(|c| !c.met) {
+                let what = format!(
+                    "{} expectation not met: {} (expected {}, observed {})",
+                    label("S7"),
+                    c.name,
+                    c.expected,
+                    c.observed
+                );
+                if args.s7_expect { results.fail(what) } else { results.note(what) }
+            }
+            results.slow_consumer.push(r);
+            sut.stop(&out, &format!("{kind:?}-s7").to_lowercase()).await;
         }
     }
     let _ = std::fs::remove_dir_all(work.join("switchboard"));
     report::write(&out, &results)?;
+    eprintln!(
+        "verdict: {}{}",
+        if results.verdict.pass { "PASS" } else { "FAIL" },
+        results.verdict.failures.iter().map(|f| format!("\n  FAIL: {f}")).collect::<String>()
+    );
     eprintln!("results: {}", out.display());
-    Ok(())
+    Ok(results.verdict.pass)
+}
+
+fn report_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Switchboard => "switchboard",
+        Kind::Centrifugo => "centrifugo",
+    }
 }
 
 /// Pins this process (and the threads it starts later) to one core, away from the server.
@@ -187,24 +348,26 @@ fn pin_self(cpu: usize) {
         .status();
 }
 
-fn source_ip(i: usize) -> IpAddr {
+pub fn source_ip(i: usize) -> IpAddr {
     IpAddr::from([127, 0, 0, (10 + i % 200) as u8])
 }
 
-/// Registers a bench user; switchboard only.
-async fn register(http: &reqwest::Client, base: &str, name: &str) -> Result<(String, String), Failure> {
+/// Registers a bench user; switchboard only: (user id, token).
+pub async fn register(http: &reqwest::Client, base: &str, name: &str) -> Result<(String, String), Failure> {
     let resp = http
         .post(format!("{base}/v1/register"))
         .json(&json!({"username": name, "password": "bench password 1"}))
         .send()
-        .await?;
-    let v: Value = resp.json().await?;
-    let token = v["token"].as_str().ok_or_else(|| format!("register {name}: {v}"))?.to_owned();
+        .await
+        .map_err(|e| format!("register {name}: {e}"))?;
+    let status = resp.status();
+    let v: Value = resp.json().await.map_err(|e| format!("register {name}: HTTP {status}: {e}"))?;
+    let token = v["token"].as_str().ok_or_else(|| format!("register {name}: HTTP {status} {v}"))?.to_owned();
     Ok((v["user_id"].as_str().unwrap_or_default().to_owned(), token))
 }
 
 /// Registers two users and opens their direct conversation: (a's token, b's token, id).
-async fn register_pair(
+pub async fn register_pair(
     http: &reqwest::Client,
     base: &str,
     a: &str,
@@ -212,25 +375,123 @@ async fn register_pair(
 ) -> Result<(String, String, String), Failure> {
     let (_, a_token) = register(http, base, a).await?;
     let (b_id, b_token) = register(http, base, b).await?;
-    let v: Value = http
+    let resp = http
         .post(format!("{base}/v1/conversations/direct"))
         .bearer_auth(&a_token)
         .json(&json!({"user_id": b_id}))
         .send()
-        .await?
-        .json()
-        .await?;
-    let conversation = v["conversation_id"].as_str().ok_or("no conversation")?.to_owned();
-    Ok((a_token, b_token, conversation))
+        .await
+        .map_err(|e| format!("open conversation {a}–{b}: {e}"))?;
+    let status = resp.status();
+    let v: Value = resp.json().await.map_err(|e| format!("open conversation {a}–{b}: HTTP {status}: {e}"))?;
+    let conversation = v["conversation_id"]
+        .as_str()
+        .ok_or_else(|| format!("open conversation {a}–{b}: HTTP {status} {v}"))?;
+    Ok((a_token, b_token, conversation.to_owned()))
+}
+
+/// Sends `count` messages of `payload` bytes into `conversation` as the owner of `token`,
+/// 200 pipelined at a time, and waits for every `sent`; any error frame fails the seeding.
+pub async fn seed_conversation(
+    sut: &Sut,
+    token: &str,
+    conversation: &str,
+    count: u64,
+    payload: usize,
+) -> Result<(), Failure> {
+    let mut socket = ws::connect(&sut.ws_url, source_ip(0), Some(token)).await?;
+    target::handshake(Kind::Switchboard, &mut socket).await?;
+    let mut k = 0;
+    while k < count {
+        let burst = (count - k).min(200);
+        for i in k..k + burst {
+            let frame = target::send_frame(Kind::Switchboard, conversation, i, &body(0, 0, i, 0, payload));
+            socket.send(Message::text(frame)).await?;
+        }
+        let mut acked = 0;
+        while acked < burst {
+            let msg = tokio::time::timeout(Duration::from_secs(30), socket.next())
+                .await
+                .map_err(|_| format!("seeding: no `sent` for 30 s ({acked} of {burst} acked)"))?
+                .ok_or("seeding: connection closed")??;
+            if let Message::Text(t) = msg {
+                for incoming in target::parse(Kind::Switchboard, &t) {
+                    match incoming {
+                        Incoming::Ack(_) => acked += 1,
+                        Incoming::Error { code, .. } => return Err(format!("seeding: {code}").into()),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        k += burst;
+    }
+    let _ = socket.close(None).await;
+    Ok(())
 }
 
 // ---------------------------------------------------------------- S1
 
-async fn s1_idle(sut: &Sut, n: usize) -> Result<IdleResult, Failure> {
+/// Idle connections held by child processes (`idle-worker`), so that many connections pass
+/// the per-process file limit and the per-address port range.
+pub struct IdleFleet {
+    workers: Vec<tokio::process::Child>,
+    pub connected: usize,
+    pub connect_secs: f64,
+}
+
+impl IdleFleet {
     const PER_WORKER: usize = 5_000;
+
+    /// Starts workers holding `n` connections (with `tokens`, comma-separated, round-robin)
+    /// for at most `hold_secs`, and waits until each reported how many it connected.
+    pub async fn start(sut: &Sut, tokens: &str, n: usize, hold_secs: u64) -> Result<IdleFleet, Failure> {
+        let started = Instant::now();
+        let mut workers = Vec::new();
+        let mut lines_of = Vec::new();
+        let mut remaining = n;
+        let mut w = 0;
+        while remaining > 0 {
+            let count = remaining.min(Self::PER_WORKER);
+            remaining -= count;
+            let mut child = tokio::process::Command::new(std::env::current_exe()?)
+                .arg("idle-worker")
+                .args(["--url", &sut.ws_url, "--tokens", tokens, "--count", &count.to_string()])
+                .args(["--source-ip", &source_ip(w).to_string(), "--hold-secs", &hold_secs.to_string()])
+                .args(["--target", report_name(sut.kind)])
+                .stdout(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()?;
+            lines_of.push(BufReader::new(child.stdout.take().ok_or("no stdout")?).lines());
+            workers.push(child);
+            w += 1;
+        }
+        let mut connected = 0usize;
+        for lines in lines_of.iter_mut() {
+            let line = tokio::time::timeout(Duration::from_secs(180), lines.next_line())
+                .await
+                .map_err(|_| "idle worker: no report within 180 s")??
+                .unwrap_or_default();
+            let count: usize = line
+                .strip_prefix("connected ")
+                .and_then(|v| v.parse().ok())
+                .ok_or(format!("idle worker: {line}"))?;
+            connected += count;
+        }
+        Ok(IdleFleet { workers, connected, connect_secs: started.elapsed().as_secs_f64() })
+    }
+
+    pub async fn stop(self) {
+        for mut child in self.workers {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+async fn s1_idle(sut: &Sut, n: usize) -> Result<IdleResult, Failure> {
     let tokens = match sut.kind {
         Kind::Switchboard => {
-            let http = reqwest::Client::new();
+            let http = http_client()?;
             let mut tokens = Vec::new();
             for i in 0..10 {
                 tokens.push(register(&http, &sut.http, &format!("idle{i}")).await?.1);
@@ -242,48 +503,15 @@ async fn s1_idle(sut: &Sut, n: usize) -> Result<IdleResult, Failure> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = sut.rss_kib();
     let kernel_before = target::kernel_kib();
-    let started = Instant::now();
-    let mut workers = Vec::new();
-    let mut remaining = n;
-    let mut w = 0;
-    while remaining > 0 {
-        let count = remaining.min(PER_WORKER);
-        remaining -= count;
-        let mut child = tokio::process::Command::new(std::env::current_exe()?)
-            .arg("idle-worker")
-            .args(["--url", &sut.ws_url, "--tokens", &tokens, "--count", &count.to_string()])
-            .args(["--source-ip", &source_ip(w).to_string(), "--hold-secs", "120"])
-            .args([
-                "--target",
-                match sut.kind {
-                    Kind::Switchboard => "switchboard",
-                    Kind::Centrifugo => "centrifugo",
-                },
-            ])
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
-        let lines = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
-        workers.push((child, lines));
-        w += 1;
-    }
-    let mut connected = 0usize;
-    for (_, lines) in workers.iter_mut() {
-        let line =
-            tokio::time::timeout(Duration::from_secs(180), lines.next_line()).await??.unwrap_or_default();
-        let count: usize =
-            line.strip_prefix("connected ").and_then(|v| v.parse().ok()).ok_or(format!("worker: {line}"))?;
-        connected += count;
-    }
-    let connect_secs = started.elapsed().as_secs_f64();
+    let fleet = IdleFleet::start(sut, &tokens, n, 120).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss_after = sut.rss_kib();
     let kernel_after = target::kernel_kib();
-    for (mut child, _) in workers {
-        let _ = child.kill().await;
-    }
+    let connected = fleet.connected;
+    let connect_secs = fleet.connect_secs;
+    fleet.stop().await;
     let per = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / connected.max(1) as f64;
-    Ok(IdleResult {
+    let mut r = IdleResult {
         target: sut.kind,
         connections: connected,
         requested: n,
@@ -292,11 +520,15 @@ async fn s1_idle(sut: &Sut, n: usize) -> Result<IdleResult, Failure> {
         rss_per_conn_kib: per(rss_after, rss_before),
         kernel_per_conn_kib: per(kernel_after, kernel_before),
         connect_secs,
-    })
+        valid: false,
+        invalid_reasons: Vec::new(),
+    };
+    r.judge();
+    Ok(r)
 }
 
-/// Child process of S1: connects `count` sockets, prints `connected N`, holds them (reading,
-/// so pings are answered) for `hold_secs`, then exits.
+/// Child process of S1 and S7: connects `count` sockets, prints `connected N`, holds them
+/// (reading, so pings are answered) for `hold_secs`, then exits.
 pub async fn idle_worker(
     url: String,
     kind: Kind,
@@ -346,65 +578,104 @@ fn now_ns(base: Instant) -> u64 {
     base.elapsed().as_nanos() as u64
 }
 
-fn new_histogram() -> Histogram<u64> {
+pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }
 
-/// Counters of one rate step, shared by every connection task.
-struct StepStats {
-    delivery_us: Histogram<u64>,
-    ack_us: Histogram<u64>,
+/// One pair's counters in one step.
+#[derive(Clone, Default)]
+struct PairCounts {
+    scheduled: u64,
     sent: u64,
     acked: u64,
     delivered: u64,
     duplicated: u64,
     reordered: u64,
-    /// Per pair: what the receiver has seen, and the highest k.
-    seen: Vec<(HashSet<u64>, u64)>,
+    /// What the receiver has seen this step, and the highest k.
+    seen: HashSet<u64>,
+    max_k: u64,
+}
+
+/// Counters of one rate step, shared by every connection task. Every event carries the step
+/// it belongs to (in the payload, or remembered per send), and only the current step's
+/// events count: nothing carries over from an earlier step.
+struct StepStats {
+    /// The current step; 0 between steps.
+    step: u64,
+    delivery_us: Histogram<u64>,
+    ack_us: Histogram<u64>,
+    pairs: Vec<PairCounts>,
+    errors: Counts,
+    stale: u64,
 }
 
 impl StepStats {
-    fn new(pairs: usize) -> StepStats {
+    fn new(pairs: usize, step: u64) -> StepStats {
         StepStats {
+            step,
             delivery_us: new_histogram(),
             ack_us: new_histogram(),
-            sent: 0,
-            acked: 0,
-            delivered: 0,
-            duplicated: 0,
-            reordered: 0,
-            seen: vec![(HashSet::new(), 0); pairs],
+            pairs: vec![PairCounts::default(); pairs],
+            errors: BTreeMap::new(),
+            stale: 0,
         }
+    }
+
+    fn settled(&self) -> bool {
+        self.pairs
+            .iter()
+            .all(|p| p.sent == p.scheduled && p.acked == p.scheduled && p.delivered == p.scheduled)
+    }
+
+    fn sum(&self, f: impl Fn(&PairCounts) -> u64) -> u64 {
+        self.pairs.iter().map(f).sum()
     }
 }
 
 type Shared = Arc<Mutex<StepStats>>;
 
+/// What a send task is told: (step, k, scheduled time in ns since `base`).
+type SendOrder = (u64, u64, u64);
+
 struct Pairs {
     kind: Kind,
     base: Instant,
     payload: usize,
-    senders: Vec<mpsc::UnboundedSender<(u64, u64)>>,
+    senders: Vec<mpsc::UnboundedSender<SendOrder>>,
     next_k: Vec<u64>,
+    last_step: u64,
     stats: Shared,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-fn body(pair: usize, k: u64, due_ns: u64, payload: usize) -> String {
-    let mut b = format!("{pair} {k} {due_ns} ");
+/// `"<pair> <step> <k> <due_ns> "`, padded with `x` to `payload` bytes.
+fn body(pair: usize, step: u64, k: u64, due_ns: u64, payload: usize) -> String {
+    let mut b = format!("{pair} {step} {k} {due_ns} ");
     while b.len() < payload {
         b.push('x');
     }
     b
 }
 
+/// Counts how a connection ended (close frame or transport error) into the current step.
+fn note_end(stats: &Shared, msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) {
+    let what = match msg {
+        Some(Ok(Message::Close(Some(frame)))) => format!("close:{}", u16::from(frame.code)),
+        Some(Ok(Message::Close(None))) => "close:none".into(),
+        Some(Err(e)) => format!("ws_error:{e}"),
+        None => "eof".into(),
+        Some(Ok(_)) => return,
+    };
+    bump(&mut stats.lock().unwrap().errors, what);
+}
+
 impl Pairs {
     /// Connects `n` sender/receiver pairs: for switchboard two users and their direct
     /// conversation per pair; for Centrifugo a channel per pair the receiver subscribes to.
     async fn setup(sut: &Sut, n: usize, payload: usize) -> Result<Pairs, Failure> {
-        let http = reqwest::Client::new();
+        let http = http_client()?;
         let base = Instant::now();
-        let stats: Shared = Arc::new(Mutex::new(StepStats::new(n)));
+        let stats: Shared = Arc::new(Mutex::new(StepStats::new(n, 0)));
         let mut senders = Vec::new();
         let mut tasks = Vec::new();
         for pair in 0..n {
@@ -437,11 +708,11 @@ impl Pairs {
                 stats.clone(),
             )));
         }
-        Ok(Pairs { kind: sut.kind, base, payload, senders, next_k: vec![0; n], stats, tasks })
+        Ok(Pairs { kind: sut.kind, base, payload, senders, next_k: vec![0; n], last_step: 0, stats, tasks })
     }
 
     /// One open-loop step: `rate` msgs/s spread round-robin over the pairs for `duration`,
-    /// then up to 5 s for the last deliveries.
+    /// then up to 5 s for the last deliveries. Its counters start at zero.
     async fn step(
         &mut self,
         sut: &Sut,
@@ -450,9 +721,17 @@ impl Pairs {
         duration: Duration,
     ) -> Result<LatencyResult, Failure> {
         let n = self.senders.len();
-        *self.stats.lock().unwrap() = StepStats::new(n);
-        let cpu_before = sut.cpu_secs();
+        self.last_step += 1;
+        let step = self.last_step;
         let total = rate * duration.as_secs().max(1);
+        {
+            let mut fresh = StepStats::new(n, step);
+            for (pair, p) in fresh.pairs.iter_mut().enumerate() {
+                p.scheduled = total / n as u64 + u64::from((pair as u64) < total % n as u64);
+            }
+            *self.stats.lock().unwrap() = fresh;
+        }
+        let cpu_before = sut.cpu_secs();
         let interval_ns = 1_000_000_000 / rate.max(1);
         let start_ns = now_ns(self.base) + 20_000_000;
         for i in 0..total {
@@ -464,26 +743,27 @@ impl Pairs {
             let pair = (i as usize) % n;
             let k = self.next_k[pair];
             self.next_k[pair] += 1;
-            let _ = self.senders[pair].send((k, due));
+            // A send task that ended (its socket broke) leaves this pair short: sent < scheduled.
+            let _ = self.senders[pair].send((step, k, due));
         }
         // On schedule, the last send is due one interval before the step ends.
         let send_secs = (now_ns(self.base).saturating_sub(start_ns) + interval_ns) as f64 / 1e9;
         let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let done = {
-                let s = self.stats.lock().unwrap();
-                s.sent == total && s.acked == total && s.delivered >= total
-            };
-            if done || Instant::now() > deadline {
-                break;
-            }
+        while !self.stats.lock().unwrap().settled() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         let cpu = sut.cpu_secs() - cpu_before;
-        let s = std::mem::replace(&mut *self.stats.lock().unwrap(), StepStats::new(n));
-        let lost = s.acked.saturating_sub(s.delivered);
-        Ok(LatencyResult {
+        // Step 0: whatever arrives from now on belongs to no step.
+        let s = std::mem::replace(&mut *self.stats.lock().unwrap(), StepStats::new(n, 0));
+        let mismatched: Vec<(usize, &PairCounts)> = s
+            .pairs
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !(p.sent == p.scheduled && p.acked == p.scheduled && p.delivered == p.scheduled))
+            .collect();
+        let delivered = s.sum(|p| p.delivered);
+        let mut r = LatencyResult {
             target: self.kind,
             scenario: scenario.into(),
             pairs: n,
@@ -492,18 +772,35 @@ impl Pairs {
             achieved_rate: total as f64 / send_secs.max(duration.as_secs_f64()),
             duration_secs: duration.as_secs_f64(),
             scheduled: total,
-            sent: s.sent,
-            acked: s.acked,
-            delivered: s.delivered,
-            lost,
-            duplicated: s.duplicated,
-            reordered: s.reordered,
+            sent: s.sum(|p| p.sent),
+            acked: s.sum(|p| p.acked),
+            delivered,
+            lost: s.sum(|p| p.acked.saturating_sub(p.delivered)),
+            duplicated: s.sum(|p| p.duplicated),
+            reordered: s.sum(|p| p.reordered),
             latency_us: Percentiles::of(&s.delivery_us),
             ack_latency_us: Percentiles::of(&s.ack_us),
             server_cpu_secs: cpu,
-            server_cpu_us_per_delivery: if s.delivered > 0 { cpu * 1e6 / s.delivered as f64 } else { 0.0 },
+            server_cpu_us_per_delivery: if delivered > 0 { cpu * 1e6 / delivered as f64 } else { 0.0 },
             server_rss_kib: sut.rss_kib(),
-        })
+            errors: s.errors.clone(),
+            stale_events: s.stale,
+            pairs_mismatched: mismatched.len(),
+            mismatch_examples: mismatched
+                .iter()
+                .take(3)
+                .map(|(i, p)| {
+                    format!(
+                        "pair {i}: scheduled {}, sent {}, acked {}, delivered {}",
+                        p.scheduled, p.sent, p.acked, p.delivered
+                    )
+                })
+                .collect(),
+            valid: false,
+            invalid_reasons: Vec::new(),
+        };
+        r.judge();
+        Ok(r)
     }
 
     fn close(self) {
@@ -521,29 +818,53 @@ async fn send_loop(
     pair: usize,
     payload: usize,
     base: Instant,
-    mut rx: mpsc::UnboundedReceiver<(u64, u64)>,
+    mut rx: mpsc::UnboundedReceiver<SendOrder>,
     stats: Shared,
 ) {
-    let mut due_of: HashMap<u64, u64> = HashMap::new();
+    // k → (step, due) of every send not yet answered.
+    let mut due_of: HashMap<u64, (u64, u64)> = HashMap::new();
     loop {
         tokio::select! {
             next = rx.recv() => {
-                let Some((k, due)) = next else { return };
-                let frame = target::send_frame(kind, &channel, k, &body(pair, k, due, payload));
-                due_of.insert(k, due);
-                if socket.send(Message::text(frame)).await.is_err() { return; }
-                stats.lock().unwrap().sent += 1;
+                let Some((step, k, due)) = next else { return };
+                let frame = target::send_frame(kind, &channel, k, &body(pair, step, k, due, payload));
+                due_of.insert(k, (step, due));
+                if let Err(e) = socket.send(Message::text(frame)).await {
+                    bump(&mut stats.lock().unwrap().errors, format!("ws_send:{e}"));
+                    return;
+                }
+                let mut s = stats.lock().unwrap();
+                if s.step == step { s.pairs[pair].sent += 1 } else { s.stale += 1 }
             }
             msg = socket.next() => {
-                let Some(Ok(msg)) = msg else { return };
-                let Message::Text(text) = msg else { continue };
+                let text = match msg {
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                        note_end(&stats, msg);
+                        return;
+                    }
+                    Some(Ok(_)) => continue,
+                };
                 for incoming in target::parse(kind, &text) {
                     match incoming {
                         Incoming::Ack(k) => {
-                            if let Some(due) = due_of.remove(&k) {
-                                let mut s = stats.lock().unwrap();
-                                s.acked += 1;
-                                let _ = s.ack_us.record((now_ns(base).saturating_sub(due) / 1_000).max(1));
+                            let mut s = stats.lock().unwrap();
+                            match due_of.remove(&k) {
+                                Some((step, due)) if step == s.step => {
+                                    s.pairs[pair].acked += 1;
+                                    let _ = s.ack_us.record((now_ns(base).saturating_sub(due) / 1_000).max(1));
+                                }
+                                Some(_) => s.stale += 1,
+                                None => bump(&mut s.errors, "ack_without_send"),
+                            }
+                        }
+                        Incoming::Error { k, code } => {
+                            let mut s = stats.lock().unwrap();
+                            let step = k.and_then(|k| due_of.remove(&k)).map(|(step, _)| step);
+                            if step.is_none_or(|step| step == s.step) {
+                                bump(&mut s.errors, code);
+                            } else {
+                                s.stale += 1;
                             }
                         }
                         Incoming::Ping => { let _ = socket.send(Message::text("{}")).await; }
@@ -556,38 +877,51 @@ async fn send_loop(
 }
 
 async fn receive_loop(kind: Kind, mut socket: ws::Socket, pair: usize, base: Instant, stats: Shared) {
-    while let Some(Ok(msg)) = socket.next().await {
-        let Message::Text(text) = msg else { continue };
+    loop {
+        let msg = socket.next().await;
+        let text = match msg {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                note_end(&stats, msg);
+                return;
+            }
+            Some(Ok(_)) => continue,
+        };
         for incoming in target::parse(kind, &text) {
             match incoming {
                 Incoming::Delivery(body) => {
-                    let mut parts = body.split(' ');
-                    let (Some(p), Some(k), Some(due)) = (parts.next(), parts.next(), parts.next()) else {
-                        continue;
-                    };
-                    let (Ok(p), Ok(k), Ok(due)) = (p.parse::<usize>(), k.parse::<u64>(), due.parse::<u64>())
+                    let mut parts = body.split(' ').map(str::parse::<u64>);
+                    let (Some(Ok(p)), Some(Ok(step)), Some(Ok(k)), Some(Ok(due))) =
+                        (parts.next(), parts.next(), parts.next(), parts.next())
                     else {
+                        bump(&mut stats.lock().unwrap().errors, "unparsable_delivery");
                         continue;
                     };
-                    if p != pair {
+                    let mut s = stats.lock().unwrap();
+                    if p != pair as u64 {
+                        bump(&mut s.errors, "delivery_to_wrong_pair");
+                        continue;
+                    }
+                    if step != s.step {
+                        s.stale += 1;
                         continue;
                     }
                     let latency_us = (now_ns(base).saturating_sub(due) / 1_000).max(1);
-                    let mut s = stats.lock().unwrap();
-                    let (seen, max) = &mut s.seen[pair];
-                    let fresh = seen.insert(k);
-                    let behind = k < *max;
-                    *max = (*max).max(k);
+                    let counts = &mut s.pairs[pair];
+                    let fresh = counts.seen.insert(k);
+                    let behind = k < counts.max_k;
+                    counts.max_k = counts.max_k.max(k);
                     if !fresh {
-                        s.duplicated += 1;
+                        counts.duplicated += 1;
                     } else {
                         if behind {
-                            s.reordered += 1;
+                            counts.reordered += 1;
                         }
-                        s.delivered += 1;
+                        counts.delivered += 1;
                         let _ = s.delivery_us.record(latency_us);
                     }
                 }
+                Incoming::Error { code, .. } => bump(&mut stats.lock().unwrap().errors, code),
                 Incoming::Ping => {
                     let _ = socket.send(Message::text("{}")).await;
                 }
@@ -599,6 +933,31 @@ async fn receive_loop(kind: Kind, mut socket: ws::Socket, pair: usize, base: Ins
 
 // ---------------------------------------------------------------- S6
 
+/// `http_<status>:<code>` of a failed REST reply, or the transport failure's kind.
+async fn http_failure(result: Result<reqwest::Response, reqwest::Error>) -> Option<String> {
+    match result {
+        Ok(r) if r.status().is_success() => match r.bytes().await {
+            Ok(_) => None,
+            Err(e) if e.is_timeout() => Some("timeout".into()),
+            Err(_) => Some("body_read".into()),
+        },
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let v: Value = r.json().await.unwrap_or(Value::Null);
+            Some(format!("http_{status}:{}", v["error"]["code"].as_str().unwrap_or("?")))
+        }
+        Err(e) if e.is_timeout() => Some("timeout".into()),
+        Err(e) if e.is_connect() => Some("connect".into()),
+        Err(_) => Some("transport".into()),
+    }
+}
+
+struct S6State {
+    latency: Histogram<u64>,
+    failures: Counts,
+    closed: bool,
+}
+
 async fn s6_history(
     sut: &Sut,
     messages: u64,
@@ -606,39 +965,12 @@ async fn s6_history(
     duration: Duration,
     payload: usize,
 ) -> Result<HistoryResult, Failure> {
-    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+    let http = http_client()?;
     let (a_token, _, conversation) = register_pair(&http, &sut.http, "hist_a", "hist_b").await?;
-    // Fill the conversation, 200 pipelined sends at a time.
-    let mut socket = ws::connect(&sut.ws_url, source_ip(0), Some(&a_token)).await?;
-    target::handshake(Kind::Switchboard, &mut socket).await?;
-    let mut k = 0;
-    while k < messages {
-        let burst = (messages - k).min(200);
-        for i in k..k + burst {
-            socket
-                .send(Message::text(target::send_frame(
-                    Kind::Switchboard,
-                    &conversation,
-                    i,
-                    &body(0, i, 0, payload),
-                )))
-                .await?;
-        }
-        let mut acked = 0;
-        while acked < burst {
-            let msg =
-                tokio::time::timeout(Duration::from_secs(30), socket.next()).await?.ok_or("closed")??;
-            if let Message::Text(t) = msg {
-                acked += target::parse(Kind::Switchboard, &t)
-                    .iter()
-                    .filter(|i| matches!(i, Incoming::Ack(_)))
-                    .count() as u64;
-            }
-        }
-        k += burst;
-    }
-    let histogram = Arc::new(Mutex::new(new_histogram()));
-    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    seed_conversation(sut, &a_token, &conversation, messages, payload).await?;
+    // Outcomes are recorded until the step closes; what has none then is pending.
+    let state =
+        Arc::new(Mutex::new(S6State { latency: new_histogram(), failures: BTreeMap::new(), closed: false }));
     let total = rate * duration.as_secs().max(1);
     let interval = Duration::from_nanos(1_000_000_000 / rate.max(1));
     let start = tokio::time::Instant::now() + Duration::from_millis(20);
@@ -649,34 +981,60 @@ async fn s6_history(
         tokio::time::sleep_until(due).await;
         let before = 51 + (i * 7919) % messages.saturating_sub(50).max(1);
         let url = format!("{}/v1/conversations/{conversation}/messages?before={before}&limit=50", sut.http);
-        let (http, token, histogram, errors) =
-            (http.clone(), a_token.clone(), histogram.clone(), errors.clone());
+        let (http, token, state) = (http.clone(), a_token.clone(), state.clone());
         tasks.push(tokio::spawn(async move {
-            let ok = match http.get(url).bearer_auth(token).send().await {
-                Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
-                _ => false,
-            };
-            if ok {
-                let us =
-                    (tokio::time::Instant::now().saturating_duration_since(due).as_micros() as u64).max(1);
-                let _ = histogram.lock().unwrap().record(us);
-            } else {
-                errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let failure = http_failure(http.get(url).bearer_auth(token).send().await).await;
+            let mut state = state.lock().unwrap();
+            if state.closed {
+                return;
+            }
+            match failure {
+                None => {
+                    let us = (tokio::time::Instant::now().saturating_duration_since(due).as_micros() as u64)
+                        .max(1);
+                    let _ = state.latency.record(us);
+                }
+                Some(kind) => bump(&mut state.failures, kind),
             }
         }));
     }
-    for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+    // On schedule, the last request is due one interval before the step ends.
+    let send_secs = (tokio::time::Instant::now() - start + interval).as_secs_f64();
+    // Every request has the client's timeout; a second after it, the step closes.
+    let deadline = tokio::time::Instant::now() + target::HTTP_TIMEOUT + Duration::from_secs(1);
+    for t in tasks.iter_mut() {
+        if tokio::time::timeout_at(deadline, t).await.is_err() {
+            break;
+        }
     }
-    let h = histogram.lock().unwrap();
-    Ok(HistoryResult {
+    let (latency, mut failures) = {
+        let mut state = state.lock().unwrap();
+        state.closed = true;
+        (state.latency.clone(), std::mem::take(&mut state.failures))
+    };
+    for t in &tasks {
+        t.abort();
+    }
+    let cpu = sut.cpu_secs() - cpu_before;
+    let pending = total - latency.len() - failures.values().sum::<u64>();
+    if pending > 0 {
+        failures.insert("pending".into(), pending);
+    }
+    let mut r = HistoryResult {
         target: Kind::Switchboard,
         messages_in_conversation: messages,
         page_size: 50,
         target_rate: rate,
+        achieved_rate: total as f64 / send_secs.max(duration.as_secs_f64()),
         requests: total,
-        errors: errors.load(std::sync::atomic::Ordering::Relaxed),
-        latency_us: Percentiles::of(&h),
-        server_cpu_secs: sut.cpu_secs() - cpu_before,
-    })
+        errors: failures.values().sum(),
+        failures,
+        pending,
+        latency_us: Percentiles::of(&latency),
+        server_cpu_secs: cpu,
+        valid: false,
+        invalid_reasons: Vec::new(),
+    };
+    r.judge();
+    Ok(r)
 }

@@ -1,6 +1,7 @@
 //! The system under test: starting switchboard or Centrifugo pinned to a core, reading its CPU
-//! time and memory from /proc, and the two wire protocols (what a send, an ack and a delivery
-//! look like in each).
+//! time and memory from /proc and switchboard's effective configuration, the HTTP client every
+//! REST call goes through (always with a timeout), and the two wire protocols (what a send, an
+//! ack, a delivery and an error look like in each).
 
 use crate::Failure;
 use crate::ws::Socket;
@@ -19,6 +20,53 @@ use tokio_tungstenite::tungstenite::Message;
 pub enum Kind {
     Switchboard,
     Centrifugo,
+}
+
+/// Every HTTP request the generator makes gives up after this long.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The HTTP client for every REST call: a whole-request timeout and a connect timeout.
+pub fn http_client() -> Result<reqwest::Client, crate::Failure> {
+    Ok(reqwest::Client::builder()
+        .timeout(HTTP_TIMEOUT)
+        .connect_timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(64)
+        .build()?)
+}
+
+/// The environment switchboard runs with in every scenario: loopback on a free port, one HTTP
+/// worker, and the per-connection frame rate and the per-IP account limits lifted (one
+/// loopback generator registers and drives hundreds of users). WebSocket output bounds
+/// (`outbound_bytes`, `write_stall_ms`) stay at their defaults: S7 measures them. `extra`
+/// (`--server-env`) comes last and overrides.
+pub fn switchboard_env(data_dir: &Path, extra: &[(String, String)]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = [
+        ("SWITCHBOARD_HTTP_ADDR", "127.0.0.1:0"),
+        ("SWITCHBOARD_WORKERS", "1"),
+        ("SWITCHBOARD_RATE_PER_SEC", "1000000"),
+        ("SWITCHBOARD_RATE_BURST", "1000000"),
+        ("SWITCHBOARD_REGISTER_IP_PER_HOUR", "1000000"),
+        ("SWITCHBOARD_LOGIN_IP_PER_MIN", "1000000"),
+        ("SWITCHBOARD_LOGIN_USER_PER_MIN", "1000000"),
+        ("RUST_LOG", "warn"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    env.push(("SWITCHBOARD_DATA_DIR".into(), data_dir.display().to_string()));
+    env.extend(extra.iter().cloned());
+    env
+}
+
+/// A numeric key of switchboard's effective configuration under `env` (`switchboard config`
+/// prints it), e.g. `write_stall_ms`; `None` when this build has no such key.
+pub fn switchboard_config_value(bin: &Path, env: &[(String, String)], key: &str) -> Option<u64> {
+    let out = std::process::Command::new(bin).arg("config").envs(env.iter().cloned()).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix(key)?.trim_start().strip_prefix(['=', ':'])?;
+        rest.trim().trim_end_matches(',').replace('_', "").parse().ok()
+    })
 }
 
 /// A running server process.
@@ -75,9 +123,13 @@ pub fn kernel_kib() -> u64 {
 }
 
 impl Sut {
-    /// Starts `switchboard serve` on `cpu` with a fresh data dir, tuned for load (no rate
-    /// limit, one HTTP worker).
-    pub async fn start_switchboard(bin: &Path, data_dir: &Path, cpu: usize) -> Result<Sut, Failure> {
+    /// Starts `switchboard serve` on `cpu` with a fresh data dir and `switchboard_env`.
+    pub async fn start_switchboard(
+        bin: &Path,
+        data_dir: &Path,
+        cpu: usize,
+        extra_env: &[(String, String)],
+    ) -> Result<Sut, Failure> {
         let _ = std::fs::remove_dir_all(data_dir);
         std::fs::create_dir_all(data_dir)?;
         let mut child = Command::new("taskset")
@@ -85,13 +137,7 @@ impl Sut {
             .arg(cpu.to_string())
             .arg(bin)
             .arg("serve")
-            .env("SWITCHBOARD_HTTP_ADDR", "127.0.0.1:0")
-            .env("SWITCHBOARD_DATA_DIR", data_dir)
-            .env("SWITCHBOARD_WORKERS", "1")
-            .env("SWITCHBOARD_RATE_PER_SEC", "1000000")
-            .env("SWITCHBOARD_RATE_BURST", "1000000")
-            .env("SWITCHBOARD_OUTBOUND_QUEUE", "8192")
-            .env("RUST_LOG", "warn")
+            .envs(switchboard_env(data_dir, extra_env))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(std::fs::File::create(data_dir.join("server.log"))?))
@@ -194,7 +240,8 @@ impl Sut {
     /// histogram, group commits, …) as `metrics-<label>.txt` in `dir`.
     pub async fn stop(mut self, dir: &Path, label: &str) {
         if self.kind == Kind::Switchboard
-            && let Ok(resp) = reqwest::get(format!("{}/metrics", self.http)).await
+            && let Ok(http) = http_client()
+            && let Ok(resp) = http.get(format!("{}/metrics", self.http)).send().await
             && let Ok(text) = resp.text().await
         {
             let _ = std::fs::write(dir.join(format!("metrics-{label}.txt")), text);
@@ -212,6 +259,12 @@ pub enum Incoming {
     Delivery(String),
     /// An application-level ping to answer (Centrifugo's `{}`).
     Ping,
+    /// An error reply or disconnect notice, by code (`error:rate_limited`,
+    /// `centrifugo_error:108`, …); `k` when it answers send number `k`.
+    Error {
+        k: Option<u64>,
+        code: String,
+    },
     Other,
 }
 
@@ -219,13 +272,17 @@ pub enum Incoming {
 const PUBLISH_ID_OFFSET: u64 = 100;
 
 /// The frame that sends message number `k` with `body` on `channel` (conversation id or
-/// Centrifugo channel).
+/// Centrifugo channel). Its request id is `k` too, so an error reply names the send.
 pub fn send_frame(kind: Kind, channel: &str, k: u64, body: &str) -> String {
     match kind {
-        Kind::Switchboard => {
-            json!({"type":"send","conversation_id":channel,"client_msg_id":format!("k{k}"),"body":body})
-                .to_string()
-        }
+        Kind::Switchboard => json!({
+            "type": "send",
+            "id": format!("k{k}"),
+            "conversation_id": channel,
+            "client_msg_id": format!("k{k}"),
+            "body": body,
+        })
+        .to_string(),
         Kind::Centrifugo => {
             json!({"id": k + PUBLISH_ID_OFFSET, "publish": {"channel": channel, "data": {"b": body}}})
                 .to_string()
@@ -245,6 +302,10 @@ pub fn parse(kind: Kind, text: &str) -> Vec<Incoming> {
                     .map(Incoming::Ack)
                     .unwrap_or(Incoming::Other),
                 Some("message") => Incoming::Delivery(v["body"].as_str().unwrap_or("").to_owned()),
+                Some("error") => Incoming::Error {
+                    k: v["id"].as_str().and_then(|c| c.strip_prefix('k')?.parse().ok()),
+                    code: format!("error:{}", v["code"].as_str().unwrap_or("?")),
+                },
                 _ => Incoming::Other,
             };
             vec![one]
@@ -259,11 +320,17 @@ pub fn parse(kind: Kind, text: &str) -> Vec<Incoming> {
                 } else if let Some(b) = v["push"]["pub"]["data"]["b"].as_str() {
                     Incoming::Delivery(b.to_owned())
                 } else if let Some(id) = v["id"].as_u64().filter(|id| *id >= PUBLISH_ID_OFFSET) {
-                    if v.get("error").is_some() {
-                        Incoming::Other
-                    } else {
-                        Incoming::Ack(id - PUBLISH_ID_OFFSET)
+                    match v.get("error") {
+                        Some(e) => Incoming::Error {
+                            k: Some(id - PUBLISH_ID_OFFSET),
+                            code: format!("centrifugo_error:{}", e["code"]),
+                        },
+                        None => Incoming::Ack(id - PUBLISH_ID_OFFSET),
                     }
+                } else if let Some(d) = v.get("disconnect").or_else(|| v["push"].get("disconnect")) {
+                    Incoming::Error { k: None, code: format!("centrifugo_disconnect:{}", d["code"]) }
+                } else if let Some(e) = v.get("error") {
+                    Incoming::Error { k: None, code: format!("centrifugo_error:{}", e["code"]) }
                 } else {
                     Incoming::Other
                 }

@@ -1,20 +1,29 @@
 //! The Cassandra backend of `AccountStore` and `ChatStore` (tables in `schema.cql`), on the
 //! `scylla` driver: prepared statements, token-aware routing in the local DC, configurable
 //! consistency (default LOCAL_QUORUM), timeouts, and driver retries only for statements marked
-//! idempotent. LWT only for username claims and direct-pair creation. The node connects in the
-//! background with backoff; until connected and the schema matches, every call answers
-//! `Unavailable` (so `/readyz` is false and sends get `store_unavailable`).
+//! idempotent. LWT only for username claims, direct-pair creation and `init_meta`. The node
+//! connects in the background with backoff; until connected and the schema matches, every call
+//! answers `Unavailable` (so `/readyz` is false and sends get `store_unavailable`).
+//!
+//! Submodules: `schema` (the schema text, its version, applying it) and `statements` (every
+//! prepared statement). This file holds the connection, the store and the trait impls.
+
+mod schema;
+mod statements;
+
+pub use schema::{SCHEMA_VERSION, apply_schema, apply_schema_cli};
+use statements::Statements;
 
 use super::{
     AccountStore, AppendError, DirectoryStore, MessageLog, MetaStore, ReceiptStore, StoreError, StoreResult,
 };
 use crate::config::StorageConfig;
 use crate::model::{
-    Conversation, ConversationId, ConversationKind, Device, DeviceId, Member, MessageId, MessageKind,
-    StoredMessage, User, UserId, Watermarks, now_millis,
+    Conversation, ConversationId, ConversationKind, Device, DeviceId, Member, MessageId, MessageKind, Millis,
+    StoredMessage, User, UserId, Watermarks,
 };
 use async_trait::async_trait;
-use futures_util::future::try_join_all;
+use futures_util::future::{join_all, try_join_all};
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -28,19 +37,16 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use uuid::Uuid;
 
-/// The schema version `schema.cql` creates; the node refuses to serve with another.
-pub const SCHEMA_VERSION: i32 = 1;
 /// Messages per bucket (partition) of a conversation.
 pub const BUCKET_SIZE: u64 = 4096;
 /// Largest batch written at once (Cassandra's default batch_size_fail_threshold is 50 KiB).
 const BATCH_BYTES: usize = 32 * 1024;
-const SCHEMA: &str = include_str!("../../schema.cql");
 
 fn bucket_of(seq: u64) -> i64 {
     (seq / BUCKET_SIZE) as i64
 }
 
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
@@ -119,193 +125,6 @@ pub async fn connect(config: &CassandraConfig) -> StoreResult<Session> {
         .map_err(|e| unavailable(format!("cannot connect to Cassandra at {}: {e}", config.nodes.join(","))))
 }
 
-/// Applies `schema.cql` (idempotent) and records its version.
-pub async fn apply_schema(session: &Session, config: &CassandraConfig) -> StoreResult<()> {
-    let text = SCHEMA.replace("{keyspace}", &config.keyspace).replace("{replication}", &config.replication);
-    let without_comments: String =
-        text.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n");
-    for statement in without_comments.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-        session.query_unpaged(statement, &[]).await.map_err(|e| unavailable(format!("{statement}: {e}")))?;
-    }
-    session.await_schema_agreement().await.map_err(unavailable)?;
-    session
-        .query_unpaged(
-            format!(
-                "INSERT INTO {}.schema_version (id, version, applied_at) VALUES (1, ?, ?)",
-                config.keyspace
-            ),
-            (SCHEMA_VERSION, now_millis()),
-        )
-        .await
-        .map_err(unavailable)?;
-    Ok(())
-}
-
-/// `switchboard schema apply`: connects with the configured settings and applies the schema.
-pub fn apply_schema_cli(config: &crate::config::Config) -> Result<String, String> {
-    let c = CassandraConfig::from_storage(&config.storage)?;
-    let runtime =
-        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-    runtime.block_on(async {
-        let session = connect(&c).await.map_err(|e| e.to_string())?;
-        apply_schema(&session, &c).await.map_err(|e| e.to_string())?;
-        Ok(format!(
-            "schema version {SCHEMA_VERSION} applied to keyspace {} on {}",
-            c.keyspace,
-            c.nodes.join(",")
-        ))
-    })
-}
-
-/// Every statement the store runs, prepared once per session.
-struct Statements {
-    schema_version: PreparedStatement,
-    claim_username: PreparedStatement,
-    insert_user: PreparedStatement,
-    insert_credentials: PreparedStatement,
-    user: PreparedStatement,
-    username: PreparedStatement,
-    credentials: PreparedStatement,
-    insert_device: PreparedStatement,
-    insert_token: PreparedStatement,
-    token: PreparedStatement,
-    device: PreparedStatement,
-    revoke_device: PreparedStatement,
-    delete_token: PreparedStatement,
-    insert_conversation: PreparedStatement,
-    claim_pair: PreparedStatement,
-    pair: PreparedStatement,
-    conversation: PreparedStatement,
-    insert_member: PreparedStatement,
-    insert_user_conversation: PreparedStatement,
-    members: PreparedStatement,
-    member: PreparedStatement,
-    user_conversations: PreparedStatement,
-    newest_bucket: PreparedStatement,
-    last_in_bucket: PreparedStatement,
-    insert_bucket: PreparedStatement,
-    insert_message: PreparedStatement,
-    insert_client_id: PreparedStatement,
-    client_id: PreparedStatement,
-    message_at: PreparedStatement,
-    after_in_bucket: PreparedStatement,
-    before_in_bucket: PreparedStatement,
-    set_delivered: PreparedStatement,
-    set_read: PreparedStatement,
-}
-
-const MESSAGE_COLUMNS: &str = "conversation_id, seq, message_id, author_id, device_id, client_msg_id, kind, sealed_body, ts, attachments";
-
-impl Statements {
-    async fn prepare(session: &Session, ks: &str) -> StoreResult<Statements> {
-        let p = |cql: String, idempotent: bool| async move {
-            let mut s =
-                session.prepare(cql.clone()).await.map_err(|e| unavailable(format!("prepare {cql}: {e}")))?;
-            s.set_is_idempotent(idempotent);
-            Ok::<_, StoreError>(s)
-        };
-        Ok(Statements {
-            schema_version: p(format!("SELECT version FROM {ks}.schema_version WHERE id = 1"), true).await?,
-            claim_username: p(format!("INSERT INTO {ks}.usernames (username, user_id) VALUES (?, ?) IF NOT EXISTS"), false).await?,
-            insert_user: p(format!("INSERT INTO {ks}.users (user_id, username, created_at) VALUES (?, ?, ?)"), true).await?,
-            insert_credentials: p(format!("INSERT INTO {ks}.credentials (user_id, password_hash) VALUES (?, ?)"), true).await?,
-            user: p(format!("SELECT user_id, username, created_at FROM {ks}.users WHERE user_id = ?"), true).await?,
-            username: p(format!("SELECT user_id FROM {ks}.usernames WHERE username = ?"), true).await?,
-            credentials: p(format!("SELECT password_hash FROM {ks}.credentials WHERE user_id = ?"), true).await?,
-            insert_device: p(
-                format!("INSERT INTO {ks}.devices (device_id, user_id, name, created_at, revoked, token_hash) VALUES (?, ?, ?, ?, ?, ?)"),
-                true,
-            )
-            .await?,
-            insert_token: p(format!("INSERT INTO {ks}.tokens (token_hash, device_id) VALUES (?, ?)"), true).await?,
-            token: p(format!("SELECT device_id FROM {ks}.tokens WHERE token_hash = ?"), true).await?,
-            device: p(
-                format!("SELECT device_id, user_id, name, created_at, revoked, token_hash FROM {ks}.devices WHERE device_id = ?"),
-                true,
-            )
-            .await?,
-            revoke_device: p(format!("UPDATE {ks}.devices SET revoked = true WHERE device_id = ?"), true).await?,
-            delete_token: p(format!("DELETE FROM {ks}.tokens WHERE token_hash = ?"), true).await?,
-            insert_conversation: p(
-                format!("INSERT INTO {ks}.conversations (conversation_id, kind, title, members, wrapped_key, created_at) VALUES (?, ?, ?, ?, ?, ?)"),
-                true,
-            )
-            .await?,
-            claim_pair: p(
-                format!("INSERT INTO {ks}.direct_pairs (user_lo, user_hi, conversation_id) VALUES (?, ?, ?) IF NOT EXISTS"),
-                false,
-            )
-            .await?,
-            pair: p(format!("SELECT conversation_id FROM {ks}.direct_pairs WHERE user_lo = ? AND user_hi = ?"), true).await?,
-            conversation: p(
-                format!("SELECT conversation_id, kind, title, members, wrapped_key, created_at FROM {ks}.conversations WHERE conversation_id = ?"),
-                true,
-            )
-            .await?,
-            insert_member: p(format!("INSERT INTO {ks}.members (conversation_id, user_id) VALUES (?, ?)"), true).await?,
-            insert_user_conversation: p(
-                format!("INSERT INTO {ks}.user_conversations (user_id, conversation_id) VALUES (?, ?)"),
-                true,
-            )
-            .await?,
-            members: p(format!("SELECT user_id, delivered_seq, read_seq FROM {ks}.members WHERE conversation_id = ?"), true).await?,
-            member: p(
-                format!("SELECT delivered_seq, read_seq FROM {ks}.members WHERE conversation_id = ? AND user_id = ?"),
-                true,
-            )
-            .await?,
-            user_conversations: p(format!("SELECT conversation_id FROM {ks}.user_conversations WHERE user_id = ?"), true).await?,
-            newest_bucket: p(format!("SELECT bucket FROM {ks}.conversation_buckets WHERE conversation_id = ? LIMIT 1"), true).await?,
-            last_in_bucket: p(
-                format!("SELECT seq FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? ORDER BY seq DESC LIMIT 1"),
-                true,
-            )
-            .await?,
-            insert_bucket: p(format!("INSERT INTO {ks}.conversation_buckets (conversation_id, bucket) VALUES (?, ?)"), true).await?,
-            insert_message: p(
-                format!("INSERT INTO {ks}.messages (bucket, {MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
-                true,
-            )
-            .await?,
-            insert_client_id: p(
-                format!("INSERT INTO {ks}.client_ids (conversation_id, author_id, client_msg_id, seq) VALUES (?, ?, ?, ?)"),
-                true,
-            )
-            .await?,
-            client_id: p(
-                format!("SELECT seq FROM {ks}.client_ids WHERE conversation_id = ? AND author_id = ? AND client_msg_id = ?"),
-                true,
-            )
-            .await?,
-            message_at: p(
-                format!("SELECT {MESSAGE_COLUMNS} FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND seq = ?"),
-                true,
-            )
-            .await?,
-            after_in_bucket: p(
-                format!("SELECT {MESSAGE_COLUMNS} FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND seq > ? ORDER BY seq ASC LIMIT ?"),
-                true,
-            )
-            .await?,
-            before_in_bucket: p(
-                format!("SELECT {MESSAGE_COLUMNS} FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND seq < ? ORDER BY seq DESC LIMIT ?"),
-                true,
-            )
-            .await?,
-            set_delivered: p(
-                format!("UPDATE {ks}.members USING TIMESTAMP ? SET delivered_seq = ? WHERE conversation_id = ? AND user_id = ?"),
-                true,
-            )
-            .await?,
-            set_read: p(
-                format!("UPDATE {ks}.members USING TIMESTAMP ? SET read_seq = ? WHERE conversation_id = ? AND user_id = ?"),
-                true,
-            )
-            .await?,
-        })
-    }
-}
-
 struct Connected {
     session: Session,
     st: Statements,
@@ -350,12 +169,77 @@ fn kind_str(kind: MessageKind) -> &'static str {
     }
 }
 
-/// Whether an LWT applied, and the existing row's values when it did not.
-fn lwt_outcome(result: scylla::response::query_result::QueryResult) -> StoreResult<(bool, Row)> {
+/// The answer to an LWT: whether it applied, and the current row when it did not.
+struct Lwt {
+    applied: bool,
+    names: Vec<String>,
+    row: Row,
+}
+
+impl Lwt {
+    /// The current value of a column (when not applied), by name.
+    fn column(&self, name: &str) -> Option<&CqlValue> {
+        let i = self.names.iter().position(|n| n == name)?;
+        self.row.columns.get(i)?.as_ref()
+    }
+
+    fn uuid(&self, name: &str) -> Option<Uuid> {
+        match self.column(name) {
+            Some(CqlValue::Uuid(id)) => Some(*id),
+            _ => None,
+        }
+    }
+}
+
+fn lwt_outcome(result: scylla::response::query_result::QueryResult) -> StoreResult<Lwt> {
     let rows = result.into_rows_result().map_err(unavailable)?;
+    let names = rows.column_specs().iter().map(|spec| spec.name().to_owned()).collect();
     let row: Row = rows.first_row().map_err(unavailable)?;
     let applied = matches!(row.columns.first(), Some(Some(CqlValue::Boolean(true))));
-    Ok((applied, row))
+    Ok(Lwt { applied, names, row })
+}
+
+/// Splits one conversation's messages (in seq order) into the batches `write_chunk` writes:
+/// consecutive runs in one bucket (one partition) of at most `BATCH_BYTES`, a message larger
+/// than that alone. Returns the chunk lengths.
+fn chunk_lengths(messages: &[&StoredMessage]) -> Vec<usize> {
+    let mut lengths = Vec::new();
+    let (mut len, mut bytes, mut bucket) = (0, 0, None);
+    for m in messages {
+        let size = m.sealed_body.len() + m.client_msg_id.len() + 128;
+        if len > 0 && (bucket != Some(bucket_of(m.seq)) || bytes + size > BATCH_BYTES) {
+            lengths.push(len);
+            (len, bytes) = (0, 0);
+        }
+        bucket = Some(bucket_of(m.seq));
+        len += 1;
+        bytes += size;
+    }
+    if len > 0 {
+        lengths.push(len);
+    }
+    lengths
+}
+
+/// The outcome of an append over several conversations, from each conversation's messages'
+/// indices (into the appended slice, in the order they were written) with how many of them
+/// (a prefix) were stored and the error that stopped the rest, if any.
+fn append_outcome(parts: Vec<(Vec<usize>, usize, Option<StoreError>)>) -> Result<(), AppendError> {
+    let mut stored = Vec::new();
+    let mut error = None;
+    for (indices, stored_count, failure) in parts {
+        stored.extend_from_slice(&indices[..stored_count.min(indices.len())]);
+        if let Some(e) = failure {
+            error.get_or_insert(e);
+        }
+    }
+    match error {
+        None => Ok(()),
+        Some(error) => {
+            stored.sort_unstable();
+            Err(AppendError { error, stored })
+        }
+    }
 }
 
 impl CassandraStore {
@@ -477,13 +361,24 @@ impl Connected {
         Ok(())
     }
 
+    /// The highest stored seq: the last message of the highest non-empty recorded bucket. A
+    /// bucket is recorded before its first message is written, so an append that failed on the
+    /// first message of a bucket leaves the newest recorded bucket empty; the walk goes down
+    /// past such buckets (in practice at most one) instead of answering 0.
     async fn last_seq(&self, id: ConversationId) -> StoreResult<u64> {
-        let Some((bucket,)) = self.rows::<(i64,)>(&self.st.newest_bucket, (id.0,)).await?.into_iter().next()
-        else {
-            return Ok(0);
-        };
-        let last = self.rows::<(i64,)>(&self.st.last_in_bucket, (id.0, bucket)).await?;
-        Ok(last.first().map(|(s,)| *s as u64).unwrap_or(0))
+        let mut below: Option<i64> = None;
+        loop {
+            let bucket = match below {
+                None => self.rows::<(i64,)>(&self.st.newest_bucket, (id.0,)).await?,
+                Some(b) => self.rows::<(i64,)>(&self.st.bucket_below, (id.0, b)).await?,
+            };
+            let Some((bucket,)) = bucket.into_iter().next() else { return Ok(0) };
+            let last = self.rows::<(i64,)>(&self.st.last_in_bucket, (id.0, bucket)).await?;
+            if let Some((seq,)) = last.first() {
+                return Ok(*seq as u64);
+            }
+            below = Some(bucket);
+        }
     }
 
     async fn message_at(&self, conversation: ConversationId, seq: u64) -> StoreResult<Option<StoredMessage>> {
@@ -509,37 +404,35 @@ impl Connected {
     }
 
     /// One conversation's part of an append: client ids first, then the messages in seq order
-    /// as single-partition batches (atomic within a partition), one after another, each at most
-    /// `BATCH_BYTES` (Cassandra refuses large batches). A failure stops the rest, so what is
-    /// stored is always a gapless prefix.
-    async fn append_conversation(&self, messages: &[&StoredMessage]) -> StoreResult<()> {
-        try_join_all(messages.iter().map(|m| {
+    /// as single-partition batches (atomic within a partition; `chunk_lengths`), one after
+    /// another. A failure stops the rest, so what is stored is always a gapless prefix: returns
+    /// its length (the messages of the chunks that succeeded) and the error, if any. A chunk
+    /// that failed ambiguously (a timeout) may be stored all the same; it is not counted, and a
+    /// retry with the same client ids or a reload of `last_seq` finds it.
+    async fn append_conversation(&self, messages: &[&StoredMessage]) -> (usize, Option<StoreError>) {
+        let ids = try_join_all(messages.iter().map(|m| {
             self.run(
                 &self.st.insert_client_id,
                 (m.conversation_id.0, m.author_id.0, m.client_msg_id.as_str(), m.seq as i64),
             )
         }))
-        .await?;
-        let mut chunk: Vec<&StoredMessage> = Vec::new();
-        let mut chunk_bytes = 0;
-        for m in messages {
-            let size = m.sealed_body.len() + m.client_msg_id.len() + 128;
-            let same_bucket = chunk.first().is_none_or(|first| bucket_of(first.seq) == bucket_of(m.seq));
-            if !chunk.is_empty() && (!same_bucket || chunk_bytes + size > BATCH_BYTES) {
-                self.write_chunk(&chunk).await?;
-                chunk.clear();
-                chunk_bytes = 0;
+        .await;
+        if let Err(e) = ids {
+            return (0, Some(e));
+        }
+        let mut stored = 0;
+        for len in chunk_lengths(messages) {
+            if let Err(e) = self.write_chunk(&messages[stored..stored + len]).await {
+                return (stored, Some(e));
             }
-            chunk.push(m);
-            chunk_bytes += size;
+            stored += len;
         }
-        if !chunk.is_empty() {
-            self.write_chunk(&chunk).await?;
-        }
-        Ok(())
+        (stored, None)
     }
 
-    /// Messages of one partition in one batch; the bucket is recorded first.
+    /// Messages of one partition in one batch. The bucket is recorded first, so every bucket
+    /// holding a message is recorded (`last_seq` relies on it); recording it after the batch
+    /// could hide stored messages from `last_seq` if that second write failed.
     async fn write_chunk(&self, rows: &[&StoredMessage]) -> StoreResult<()> {
         let bucket = bucket_of(rows[0].seq);
         let conversation = rows[0].conversation_id.0;
@@ -579,19 +472,48 @@ impl Connected {
 
 #[async_trait]
 impl AccountStore for CassandraStore {
+    /// The user and credentials rows first, the username claim (LWT) last: a registration
+    /// that fails half-way leaves at worst rows no name points to, never a name without a user.
+    /// A name whose row points to a missing user (a claim left by an older build, or a user row
+    /// lost) counts as free and is taken over with a conditional update.
     async fn create_user(&self, user: &User, password_hash: &str) -> StoreResult<()> {
         let c = self.c()?;
+        let name = user.username.to_lowercase();
+        c.run(&c.st.insert_credentials, (user.id.0, password_hash)).await?;
+        c.run(&c.st.insert_user, (user.id.0, user.username.as_str(), user.created_at)).await?;
         let result = c
             .session
-            .execute_unpaged(&c.st.claim_username, (user.username.to_lowercase(), user.id.0))
+            .execute_unpaged(&c.st.claim_username, (name.as_str(), user.id.0))
             .await
             .map_err(unavailable)?;
-        let (applied, _) = lwt_outcome(result)?;
-        if !applied {
-            return Err(StoreError::Conflict(format!("username {} is taken", user.username)));
+        let mut outcome = lwt_outcome(result)?;
+        // Each round either succeeds, finds a live holder, or loses the race to a taker whose
+        // user exists; the bound is only a guard against a pathological store.
+        for _ in 0..8 {
+            if outcome.applied {
+                return Ok(());
+            }
+            let holder = outcome
+                .uuid("user_id")
+                .ok_or_else(|| StoreError::Corrupt(format!("username {name} claimed without a user id")))?;
+            if holder == user.id.0 {
+                return Ok(());
+            }
+            if !c.rows::<(Uuid,)>(&c.st.user_exists, (holder,)).await?.is_empty() {
+                // Taken. Our rows are reachable from no name; remove them (best effort).
+                let _ = c.run(&c.st.delete_user, (user.id.0,)).await;
+                let _ = c.run(&c.st.delete_credentials, (user.id.0,)).await;
+                return Err(StoreError::Conflict(format!("username {} is taken", user.username)));
+            }
+            tracing::warn!(username = %name, stale_user = %holder, "taking over a username claimed without a user");
+            let result = c
+                .session
+                .execute_unpaged(&c.st.reclaim_username, (user.id.0, name.as_str(), holder))
+                .await
+                .map_err(unavailable)?;
+            outcome = lwt_outcome(result)?;
         }
-        c.run(&c.st.insert_credentials, (user.id.0, password_hash)).await?;
-        c.run(&c.st.insert_user, (user.id.0, user.username.as_str(), user.created_at)).await
+        Err(unavailable(format!("username {name}: claim kept changing hands")))
     }
 
     async fn user(&self, id: UserId) -> StoreResult<Option<User>> {
@@ -664,13 +586,17 @@ impl AccountStore for CassandraStore {
         c.run(&c.st.delete_token, (token_hash,)).await
     }
 
-    async fn touch_device(&self, _id: DeviceId, _at: crate::model::Millis) -> StoreResult<()> {
-        // TODO(store helper): device_seen table
-        Ok(())
+    /// Written `USING TIMESTAMP <at in µs>`: last-write-wins keeps the latest time whatever
+    /// order touches arrive in, without a read or an LWT.
+    async fn touch_device(&self, id: DeviceId, at: Millis) -> StoreResult<()> {
+        let c = self.c()?;
+        c.run(&c.st.touch_device, (id.0, at, at.saturating_mul(1000))).await
     }
 
-    async fn device_last_used(&self, _id: DeviceId) -> StoreResult<Option<crate::model::Millis>> {
-        Ok(None)
+    async fn device_last_used(&self, id: DeviceId) -> StoreResult<Option<Millis>> {
+        let c = self.c()?;
+        let rows = c.rows::<(Option<i64>,)>(&c.st.device_seen, (id.0,)).await?;
+        Ok(rows.into_iter().next().and_then(|(at,)| at))
     }
 }
 
@@ -700,14 +626,13 @@ impl DirectoryStore for CassandraStore {
             .execute_unpaged(&c.st.claim_pair, (lo.0, hi.0, conversation.id.0))
             .await
             .map_err(unavailable)?;
-        let (applied, row) = lwt_outcome(result)?;
-        let id = if applied {
+        let outcome = lwt_outcome(result)?;
+        let id = if outcome.applied {
             conversation.id
         } else {
-            // Not applied: the row holds [applied], user_lo, user_hi, conversation_id.
-            match row.columns.get(3) {
-                Some(Some(CqlValue::Uuid(id))) => ConversationId(*id),
-                _ => return Err(StoreError::Corrupt("direct pair without a conversation id".into())),
+            match outcome.uuid("conversation_id") {
+                Some(id) => ConversationId(id),
+                None => return Err(StoreError::Corrupt("direct pair without a conversation id".into())),
             }
         };
         // Idempotent, and done by every caller: a winner that died after its claim is completed
@@ -782,12 +707,33 @@ impl MessageLog for CassandraStore {
 
     async fn append(&self, messages: &[StoredMessage]) -> Result<(), AppendError> {
         let c = self.c()?;
-        let mut by_conversation: BTreeMap<ConversationId, Vec<&StoredMessage>> = BTreeMap::new();
-        for m in messages {
-            by_conversation.entry(m.conversation_id).or_default().push(m);
+        // Per conversation, the indices of its messages in seq order.
+        let mut by_conversation: BTreeMap<ConversationId, Vec<usize>> = BTreeMap::new();
+        for (i, m) in messages.iter().enumerate() {
+            by_conversation.entry(m.conversation_id).or_default().push(i);
         }
-        try_join_all(by_conversation.values().map(|ms| c.append_conversation(ms))).await?;
-        Ok(())
+        let parts: Vec<Vec<usize>> = by_conversation
+            .into_values()
+            .map(|mut indices| {
+                indices.sort_by_key(|&i| messages[i].seq);
+                indices
+            })
+            .collect();
+        // Every conversation runs to its own end: one failing does not hide what the others
+        // stored.
+        let c = &*c;
+        let outcomes = join_all(parts.iter().map(|indices| {
+            let ms: Vec<&StoredMessage> = indices.iter().map(|&i| &messages[i]).collect();
+            async move { c.append_conversation(&ms).await }
+        }))
+        .await;
+        append_outcome(
+            parts
+                .into_iter()
+                .zip(outcomes)
+                .map(|(indices, (stored, error))| (indices, stored, error))
+                .collect(),
+        )
     }
 
     async fn message_by_client_id(
@@ -899,12 +845,73 @@ impl ReceiptStore for CassandraStore {
 
 #[async_trait]
 impl MetaStore for CassandraStore {
-    async fn meta(&self, _key: &str) -> StoreResult<Option<Vec<u8>>> {
-        // TODO(store helper): meta table
-        Ok(None)
+    async fn meta(&self, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        let c = self.c()?;
+        let rows = c.rows::<(Option<Vec<u8>>,)>(&c.st.meta, (key,)).await?;
+        Ok(rows.into_iter().next().map(|(value,)| value.unwrap_or_default()))
     }
 
-    async fn init_meta(&self, _key: &str, value: &[u8]) -> StoreResult<Vec<u8>> {
-        Ok(value.to_vec())
+    /// `INSERT ... IF NOT EXISTS`; when not applied, the answer carries the stored value.
+    async fn init_meta(&self, key: &str, value: &[u8]) -> StoreResult<Vec<u8>> {
+        let c = self.c()?;
+        let result = c.session.execute_unpaged(&c.st.init_meta, (key, value)).await.map_err(unavailable)?;
+        let outcome = lwt_outcome(result)?;
+        if outcome.applied {
+            return Ok(value.to_vec());
+        }
+        match outcome.column("value") {
+            Some(CqlValue::Blob(existing)) => Ok(existing.clone()),
+            None => Ok(Vec::new()),
+            Some(other) => Err(StoreError::Corrupt(format!("meta {key}: unexpected value {other:?}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ConversationId, DeviceId, MessageId};
+
+    fn message(seq: u64, body: usize) -> StoredMessage {
+        StoredMessage {
+            conversation_id: ConversationId(Uuid::nil()),
+            seq,
+            message_id: MessageId(Uuid::nil()),
+            author_id: UserId(Uuid::nil()),
+            device_id: DeviceId(Uuid::nil()),
+            client_msg_id: "c".into(),
+            kind: MessageKind::Text,
+            sealed_body: vec![0; body],
+            ts: 0,
+            attachments: vec![],
+        }
+    }
+
+    #[test]
+    fn chunks_split_at_buckets_and_size_and_keep_large_messages_alone() {
+        let ms: Vec<StoredMessage> = (BUCKET_SIZE - 2..BUCKET_SIZE + 2).map(|s| message(s, 10)).collect();
+        let refs: Vec<&StoredMessage> = ms.iter().collect();
+        assert_eq!(chunk_lengths(&refs), [2, 2]);
+        let ms = [message(1, 10), message(2, BATCH_BYTES), message(3, 10), message(4, 10)];
+        let refs: Vec<&StoredMessage> = ms.iter().collect();
+        assert_eq!(chunk_lengths(&refs), [1, 1, 2]);
+        let ms: Vec<StoredMessage> = (1..=100).map(|s| message(s, 1024)).collect();
+        let refs: Vec<&StoredMessage> = ms.iter().collect();
+        let lengths = chunk_lengths(&refs);
+        assert_eq!(lengths.iter().sum::<usize>(), 100);
+        assert!(lengths.iter().all(|&n| n * (1024 + 1 + 128) <= BATCH_BYTES), "{lengths:?}");
+        assert_eq!(chunk_lengths(&[]), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn an_append_reports_the_stored_prefix_of_every_conversation() {
+        let fail = || Some(StoreError::Unavailable("down".into()));
+        assert!(append_outcome(vec![(vec![0, 2], 2, None), (vec![1], 1, None)]).is_ok());
+        let e = append_outcome(vec![(vec![0, 3, 4], 1, fail()), (vec![1, 2], 2, None), (vec![5], 0, fail())])
+            .unwrap_err();
+        assert_eq!(e.stored, [0, 1, 2]);
+        assert!(matches!(e.error, StoreError::Unavailable(_)));
+        let e = append_outcome(vec![(vec![0, 1], 0, fail())]).unwrap_err();
+        assert!(e.stored.is_empty());
     }
 }
