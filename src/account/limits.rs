@@ -38,11 +38,14 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// A governor limiter with one GCRA bucket per key, kept in a concurrent map.
+type KeyedLimiter<K, C> = RateLimiter<K, DashMapStateStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
 /// One keyed limiter, replaceable as a whole when its map outgrows `max_keys`.
 struct Keyed<K: Hash + Eq + Clone, C: Clock + Clone> {
     quota: Quota,
     clock: C,
-    limiter: RwLock<RateLimiter<K, DashMapStateStore<K>, C, NoOpMiddleware<C::Instant>>>,
+    limiter: RwLock<KeyedLimiter<K, C>>,
 }
 
 impl<K: Hash + Eq + Clone, C: Clock + Clone> Keyed<K, C> {

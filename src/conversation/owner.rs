@@ -141,6 +141,10 @@ pub struct Owner {
 }
 
 type ClientKey = (ConversationId, UserId, String);
+/// A receipt waiting for its batch: who, where, up to what, and its reply.
+type Receipt = (UserId, ConversationId, Watermarks, oneshot::Sender<Result<()>>);
+/// One member of one conversation.
+type MemberKey = (ConversationId, UserId);
 
 /// A send from a member, not yet checked against the store.
 struct Candidate {
@@ -368,15 +372,12 @@ impl Owner {
 
     /// Applies a batch's receipts: checked, clamped to stored seqs, merged per (conversation,
     /// member) and written with one store call; each caller gets its own answer.
-    async fn advance_all(
-        &mut self,
-        receipts: Vec<(UserId, ConversationId, Watermarks, oneshot::Sender<Result<()>>)>,
-    ) {
+    async fn advance_all(&mut self, receipts: Vec<Receipt>) {
         if receipts.is_empty() {
             return;
         }
-        let mut merged: HashMap<(ConversationId, UserId), (Watermarks, Arc<[UserId]>)> = HashMap::new();
-        let mut waiting: Vec<((ConversationId, UserId), oneshot::Sender<Result<()>>)> = Vec::new();
+        let mut merged: HashMap<MemberKey, (Watermarks, Arc<[UserId]>)> = HashMap::new();
+        let mut waiting: Vec<(MemberKey, oneshot::Sender<Result<()>>)> = Vec::new();
         for (user, conversation, to, reply) in receipts {
             let checked = async {
                 let info = self.conversations.for_member(conversation, user).await?;

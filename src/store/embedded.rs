@@ -12,8 +12,10 @@ use crate::model::{
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 /// The on-disk layout: one keyspace per table; keys are fixed-width ids and big-endian seqs,
 /// so prefix and range scans follow id and seq order.
@@ -55,10 +57,33 @@ struct DeviceRow {
     token_hash: [u8; 32],
 }
 
+/// The embedded store. Cheap to clone.
+///
+/// A failed write (a full disk, an I/O error) poisons a fjall database for good. The store
+/// then reports itself unavailable (`ping`, so `/readyz` is 503), and every later call, at most
+/// once per `REOPEN_EVERY`, tries to reopen the database (recovering from its journal) and to
+/// write a synced probe; once that works it serves again — no restart needed. Nothing acked is
+/// lost: acked batches were synced before the failure.
 #[derive(Clone)]
 pub struct EmbeddedStore {
-    inner: Arc<Inner>,
+    shared: Arc<Shared>,
 }
+
+struct Shared {
+    path: PathBuf,
+    current: RwLock<Option<Arc<Inner>>>,
+    /// A poisoned database waiting for its last in-flight call to finish before a reopen.
+    retired: Mutex<Option<Arc<Inner>>>,
+    failed: AtomicBool,
+    last_attempt: Mutex<Option<Instant>>,
+    /// When a synced probe last succeeded (ping probes at most once per `PROBE_EVERY`).
+    probed: Mutex<Option<Instant>>,
+}
+
+/// How often a failed store tries to reopen.
+const REOPEN_EVERY: Duration = Duration::from_millis(500);
+/// How often `ping` proves with a synced write that the store can still write.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -106,9 +131,95 @@ fn id_suffix(key: &[u8]) -> StoreResult<[u8; 16]> {
 impl EmbeddedStore {
     /// Opens (or creates) the database at `path`.
     pub fn open(path: &Path) -> StoreResult<EmbeddedStore> {
+        let inner = Inner::open(path)?;
+        Ok(EmbeddedStore {
+            shared: Arc::new(Shared {
+                path: path.to_owned(),
+                current: RwLock::new(Some(Arc::new(inner))),
+                retired: Mutex::new(None),
+                failed: AtomicBool::new(false),
+                last_attempt: Mutex::new(None),
+                probed: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// Runs `f` on the blocking pool: fjall calls may touch the disk (and `SyncAll` does). An
+    /// `Unavailable` error marks the store failed (see the type's doc).
+    async fn blocking<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> StoreResult<T> + Send + 'static,
+    {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let inner = shared.current()?;
+            let result = f(&inner);
+            if let Err(StoreError::Unavailable(e)) = &result
+                && !shared.failed.swap(true, Ordering::Relaxed)
+            {
+                tracing::error!(error = %e, "embedded store write failed; refusing writes until it can be reopened");
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    /// The database to use, after a reopen attempt if the last one failed.
+    fn current(&self) -> StoreResult<Arc<Inner>> {
+        if self.failed.load(Ordering::Relaxed) {
+            self.try_reopen();
+        }
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone().ok_or_else(|| {
+            StoreError::Unavailable(
+                "the embedded store could not write (disk full or I/O error); it reopens once writes work again"
+                    .into(),
+            )
+        })
+    }
+
+    fn try_reopen(&self) {
+        {
+            let mut last = lock(&self.last_attempt);
+            if last.is_some_and(|t| t.elapsed() < REOPEN_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let mut retired = lock(&self.retired);
+        if let Some(old) = current.take() {
+            *retired = Some(old);
+        }
+        // Another instance on the same files must not exist: wait for in-flight calls.
+        if retired.as_ref().is_some_and(|old| Arc::strong_count(old) > 1) {
+            return;
+        }
+        *retired = None;
+        match Inner::open(&self.path).and_then(|inner| inner.probe().map(|()| inner)) {
+            Ok(inner) => {
+                *current = Some(Arc::new(inner));
+                self.failed.store(false, Ordering::Relaxed);
+                *lock(&self.probed) = Some(Instant::now());
+                tracing::info!("embedded store reopened: writes work again");
+            }
+            Err(e) => tracing::warn!(error = %e, "embedded store still cannot write"),
+        }
+    }
+}
+
+impl Inner {
+    fn open(path: &Path) -> StoreResult<Inner> {
         let db = Database::builder(path).open().map_err(unavailable)?;
         let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(unavailable);
-        let inner = Inner {
+        Ok(Inner {
             users: ks("users")?,
             usernames: ks("usernames")?,
             credentials: ks("credentials")?,
@@ -124,24 +235,16 @@ impl EmbeddedStore {
             meta: ks("meta")?,
             rmw: Mutex::new(()),
             db,
-        };
-        Ok(EmbeddedStore { inner: Arc::new(inner) })
+        })
     }
 
-    /// Runs `f` on the blocking pool: fjall calls may touch the disk (and `SyncAll` does).
-    async fn blocking<T, F>(&self, f: F) -> StoreResult<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Inner) -> StoreResult<T> + Send + 'static,
-    {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(&inner))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    /// A synced write: proves the database can write now.
+    fn probe(&self) -> StoreResult<()> {
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
+        batch.insert(&self.meta, "probe", crate::model::now_millis().to_be_bytes());
+        batch.commit().map_err(unavailable)
     }
-}
 
-impl Inner {
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
         self.rmw.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -465,11 +568,14 @@ impl MessageLog for EmbeddedStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        self.blocking(|s| {
-            s.users.first_key_value();
-            Ok(())
-        })
-        .await
+        let shared = self.shared.clone();
+        let due = lock(&shared.probed).is_none_or(|t| t.elapsed() >= PROBE_EVERY);
+        if !due && !shared.failed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.blocking(|s| s.probe()).await?;
+        *lock(&shared.probed) = Some(Instant::now());
+        Ok(())
     }
 }
 

@@ -10,6 +10,7 @@
 //! - `store_conformance`: one suite against every `AccountStore`/`ChatStore` backend.
 //! - `store_unavailable`: a store that is down or has no schema: unready, clear errors, recovery.
 //! - `presence_conformance`: the `PresenceStore` contract.
+//! - `full_disk`: the data dir on a small tmpfs: refused sends, unready, recovery, nothing lost.
 //! - `config_file`: the shipped config is valid and equals the defaults.
 //! - `tidy`: repository rules (module headers, the CI command matches the README).
 
@@ -18,6 +19,7 @@ mod bench_smoke;
 mod cassandra_fault;
 mod chat;
 mod config_file;
+mod full_disk;
 mod harness;
 mod login_limits;
 mod presence_conformance;

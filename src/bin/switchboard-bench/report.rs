@@ -293,6 +293,8 @@ pub struct SlowConsumerResult {
     pub rss_cap_kib: u64,
     pub rss_cap_hit: bool,
     pub ping_interval_ms: u64,
+    /// Ping round trips from the scheduled time; unanswered pings are in it with their age
+    /// when given up (a lower bound of their latency).
     pub ping_baseline_us: Percentiles,
     pub ping_hostile_us: Percentiles,
     pub pings_sent: u64,
@@ -623,14 +625,14 @@ fn slow_consumer_md(md: &mut String, s: &SlowConsumerResult) {
         ("server RSS after hostile clients dropped", mib(s.rss_after_release_kib)),
         ("kernel memory peak growth (slab + TCP)", mib(s.kernel_peak_growth_kib)),
         (
-            "ping p50 / p99 / max, idle only",
+            "ping p50 / p99 / max, idle only (unanswered: age when given up)",
             format!(
                 "{} / {} / {} µs",
                 s.ping_baseline_us.p50, s.ping_baseline_us.p99, s.ping_baseline_us.max
             ),
         ),
         (
-            "ping p50 / p99 / max, hostile phase",
+            "ping p50 / p99 / max, hostile phase (unanswered: age when given up)",
             format!("{} / {} / {} µs", s.ping_hostile_us.p50, s.ping_hostile_us.p99, s.ping_hostile_us.max),
         ),
         (

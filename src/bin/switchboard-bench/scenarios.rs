@@ -154,96 +154,37 @@ impl RunArgs {
 /// The S3 latency bound: a rate passes while delivery p99 stays at or under it.
 const S3_P99_BOUND_US: u64 = 50_000;
 
-/// Runs the chosen scenarios and writes the results. `Ok(true)` when the verdict is PASS.
+/// Runs the chosen scenarios and writes the results. `Ok(true)` when the verdict is PASS. A
+/// scenario that cannot complete (its server does not start, seeding fails, …) fails the
+/// verdict and the run goes on with the next one.
 pub async fn run(args: RunArgs) -> Result<bool, Failure> {
     pin_self(args.client_cpu);
     let out = args.out.clone().unwrap_or_else(crate::default_out_dir);
     std::fs::create_dir_all(&out)?;
-    let work = out.join("work");
-    let sizes = args.sizes();
     let switchboard_bin = match &args.switchboard_bin {
         Some(p) => p.clone(),
         None => std::env::current_exe()?.with_file_name("switchboard"),
     };
-    let mut results = Results::new(&args.targets, args.payload, args.quick);
-    for kind in args.targets.clone() {
-        let wanted = |s: &str| args.scenarios.iter().any(|x| x.eq_ignore_ascii_case(s));
-        let start = |kind: Kind| {
-            let (bin, work, cpu) = (switchboard_bin.clone(), work.clone(), args.server_cpu);
-            let centrifugo = args.centrifugo_bin.clone();
-            let env = args.server_env.clone();
-            async move {
-                match kind {
-                    Kind::Switchboard => {
-                        Sut::start_switchboard(&bin, &work.join("switchboard"), cpu, &env).await
-                    }
-                    Kind::Centrifugo => {
-                        let bin = centrifugo.ok_or("--centrifugo-bin (or CENTRIFUGO_BIN) is needed")?;
-                        Sut::start_centrifugo(&bin, &work.join("centrifugo"), cpu).await
-                    }
-                }
-            }
-        };
-        let label = |s: &str| format!("{} {s}", report_name(kind));
+    let runner =
+        Runner { sizes: args.sizes(), work: out.join("work"), out: out.clone(), switchboard_bin, args };
+    let mut results = Results::new(&runner.args.targets, runner.args.payload, runner.args.quick);
+    for kind in runner.args.targets.clone() {
+        let wanted = |s: &str| runner.args.scenarios.iter().any(|x| x.eq_ignore_ascii_case(s));
         if wanted("s1") {
-            let sut = start(kind).await?;
-            results.note_version(&sut);
-            eprintln!("[{kind:?}] S1: {} idle connections", sizes.idle);
-            let r = s1_idle(&sut, sizes.idle).await?;
-            eprintln!(
-                "  {:.1} KiB RSS + {:.1} KiB kernel per connection; {} of {} connected",
-                r.rss_per_conn_kib, r.kernel_per_conn_kib, r.connections, r.requested
-            );
-            if !r.valid {
-                results.fail(format!("{}: {}", label("S1"), r.invalid_reasons.join("; ")));
-            }
-            results.idle.push(r);
-            sut.stop(&out, &format!("{kind:?}-s1").to_lowercase()).await;
+            let outcome = runner.s1(kind, &mut results).await;
+            completed(&mut results, kind, "S1", outcome);
         }
         if wanted("s2") || (wanted("s3") && kind == Kind::Switchboard) {
-            let sut = start(kind).await?;
-            results.note_version(&sut);
-            let mut pairs = Pairs::setup(&sut, sizes.pairs, args.payload).await?;
-            if wanted("s2") {
-                for rate in &sizes.rates {
-                    eprintln!("[{kind:?}] S2: {} pairs at {rate} msgs/s for {:?}", sizes.pairs, sizes.step);
-                    let r = pairs.step(&sut, "s2", *rate, sizes.step).await?;
-                    eprintln!("  {}", r.one_line());
-                    if !r.valid {
-                        results.fail(format!(
-                            "{} at {rate}/s: {}",
-                            label("S2"),
-                            r.invalid_reasons.join("; ")
-                        ));
-                    }
-                    results.latency.push(r);
-                }
-            }
-            if wanted("s3") && kind == Kind::Switchboard {
-                for rate in &sizes.s3_rates {
-                    eprintln!("[{kind:?}] S3: {rate} durable msgs/s for {:?}", sizes.step);
-                    let r = pairs.step(&sut, "s3", *rate, sizes.step).await?;
-                    eprintln!("  {}", r.one_line());
-                    let pass = r.passes(S3_P99_BOUND_US);
-                    if !pass {
-                        // The step that ends the ramp is the measurement's upper end, not a
-                        // failure, unless it broke ordering (never excused by load).
-                        let why = if r.valid {
-                            format!("p99 {} µs > {S3_P99_BOUND_US} µs", r.latency_us.p99)
-                        } else {
-                            r.invalid_reasons.join("; ")
-                        };
-                        let what = format!("{} ramp ended at {rate}/s: {why}", label("S3"));
-                        if r.broke_order() { results.fail(what) } else { results.note(what) }
-                    }
-                    results.latency.push(r);
-                    if !pass {
-                        break;
-                    }
-                }
-            }
-            pairs.close();
-            sut.stop(&out, &format!("{kind:?}-s2-s3").to_lowercase()).await;
+            let outcome = runner.s2_s3(kind, &mut results).await;
+            completed(&mut results, kind, "S2/S3", outcome);
+        }
+        if wanted("s6") && kind == Kind::Switchboard {
+            let outcome = runner.s6(kind, &mut results).await;
+            completed(&mut results, kind, "S6", outcome);
+        }
+        if wanted("s7") && kind == Kind::Switchboard {
+            let outcome = runner.s7(kind, &mut results).await;
+            completed(&mut results, kind, "S7", outcome);
         }
         if wanted("s4") {
             results.skipped.push(Skipped {
@@ -252,76 +193,8 @@ pub async fn run(args: RunArgs) -> Result<bool, Failure> {
                 reason: "group conversations are not implemented yet (groups issue)".into(),
             });
         }
-        if wanted("s6") && kind == Kind::Switchboard {
-            let sut = start(kind).await?;
-            eprintln!("[{kind:?}] S6: history pages of 50 at {} req/s", sizes.history_rate);
-            let r = s6_history(&sut, sizes.history_messages, sizes.history_rate, sizes.step, args.payload)
-                .await?;
-            eprintln!(
-                "  {}: p50 {} µs, p99 {} µs, failures {} ({})",
-                if r.valid { "valid" } else { "INVALID" },
-                r.latency_us.p50,
-                r.latency_us.p99,
-                r.errors,
-                counts_line(&r.failures)
-            );
-            if !r.valid {
-                results.fail(format!("{}: {}", label("S6"), r.invalid_reasons.join("; ")));
-            }
-            results.history.push(r);
-            sut.stop(&out, &format!("{kind:?}-s6").to_lowercase()).await;
-        }
-        if wanted("s7") && kind == Kind::Switchboard {
-            let env = target::switchboard_env(&work.join("switchboard"), &args.server_env);
-            let write_stall_ms = target::switchboard_config_value(&switchboard_bin, &env, "write_stall_ms");
-            let outbound_bytes = target::switchboard_config_value(&switchboard_bin, &env, "outbound_bytes");
-            let phase_secs = args.s7_secs.unwrap_or(if args.quick {
-                3
-            } else {
-                write_stall_ms.unwrap_or(10_000).div_ceil(1000) + 10
-            });
-            let plan = SlowConsumer {
-                idle: sizes.s7_idle,
-                hostile: sizes.s7_hostile,
-                pingers: sizes.s7_pingers,
-                messages: sizes.s7_messages,
-                body_bytes: args.s7_body_bytes,
-                page: sizes.s7_page,
-                hostile_rate: sizes.s7_hostile_rate,
-                phase: Duration::from_secs(phase_secs),
-                ping_interval: Duration::from_millis(args.s7_ping_ms.max(1)),
-                recv_buffer: args.s7_recv_buffer,
-                rss_cap_kib: args.s7_rss_cap_mib * 1024,
-                settle: Duration::from_millis(if args.quick { 500 } else { 2_000 }),
-                write_stall_ms,
-                outbound_bytes,
-            };
-            let sut = start(kind).await?;
-            results.note_version(&sut);
-            eprintln!(
-                "[{kind:?}] S7: {} idle, {} pinging, {} hostile clients (history limit {} at {}/s each, never read) for {phase_secs} s",
-                plan.idle, plan.pingers, plan.hostile, plan.page, plan.hostile_rate
-            );
-            let r = slow::run(&sut, &plan).await?;
-            eprintln!("  {}", slow::one_line(&r));
-            if !r.valid {
-                results.fail(format!("{}: {}", label("S7"), r.invalid_reasons.join("; ")));
-            }
-            for c in r.expectations.iter().filter(|c| !c.met) {
-                let what = format!(
-                    "{} expectation not met: {} (expected {}, observed {})",
-                    label("S7"),
-                    c.name,
-                    c.expected,
-                    c.observed
-                );
-                if args.s7_expect { results.fail(what) } else { results.note(what) }
-            }
-            results.slow_consumer.push(r);
-            sut.stop(&out, &format!("{kind:?}-s7").to_lowercase()).await;
-        }
     }
-    let _ = std::fs::remove_dir_all(work.join("switchboard"));
+    let _ = std::fs::remove_dir_all(runner.work.join("switchboard"));
     report::write(&out, &results)?;
     eprintln!(
         "verdict: {}{}",
@@ -330,6 +203,188 @@ pub async fn run(args: RunArgs) -> Result<bool, Failure> {
     );
     eprintln!("results: {}", out.display());
     Ok(results.verdict.pass)
+}
+
+/// A scenario that could not complete fails the run (and the next scenario still runs).
+fn completed(results: &mut Results, kind: Kind, name: &str, outcome: Result<(), Failure>) {
+    if let Err(e) = outcome {
+        eprintln!("  {name} could not complete: {e}");
+        results.fail(format!("{} {name} could not complete: {e}", report_name(kind)));
+    }
+}
+
+/// What every scenario needs: the options, the sizes, where results and server data go.
+struct Runner {
+    args: RunArgs,
+    sizes: Sizes,
+    out: PathBuf,
+    work: PathBuf,
+    switchboard_bin: PathBuf,
+}
+
+impl Runner {
+    async fn start(&self, kind: Kind) -> Result<Sut, Failure> {
+        match kind {
+            Kind::Switchboard => {
+                Sut::start_switchboard(
+                    &self.switchboard_bin,
+                    &self.work.join("switchboard"),
+                    self.args.server_cpu,
+                    &self.args.server_env,
+                )
+                .await
+            }
+            Kind::Centrifugo => {
+                let bin = self
+                    .args
+                    .centrifugo_bin
+                    .as_ref()
+                    .ok_or("--centrifugo-bin (or CENTRIFUGO_BIN) is needed")?;
+                Sut::start_centrifugo(bin, &self.work.join("centrifugo"), self.args.server_cpu).await
+            }
+        }
+    }
+
+    async fn s1(&self, kind: Kind, results: &mut Results) -> Result<(), Failure> {
+        let sut = self.start(kind).await?;
+        results.note_version(&sut);
+        eprintln!("[{kind:?}] S1: {} idle connections", self.sizes.idle);
+        let r = s1_idle(&sut, self.sizes.idle).await?;
+        eprintln!(
+            "  {:.1} KiB RSS + {:.1} KiB kernel per connection; {} of {} connected",
+            r.rss_per_conn_kib, r.kernel_per_conn_kib, r.connections, r.requested
+        );
+        if !r.valid {
+            results.fail(format!("{} S1: {}", report_name(kind), r.invalid_reasons.join("; ")));
+        }
+        results.idle.push(r);
+        sut.stop(&self.out, &format!("{kind:?}-s1").to_lowercase()).await;
+        Ok(())
+    }
+
+    async fn s2_s3(&self, kind: Kind, results: &mut Results) -> Result<(), Failure> {
+        let wanted = |s: &str| self.args.scenarios.iter().any(|x| x.eq_ignore_ascii_case(s));
+        let sizes = &self.sizes;
+        let sut = self.start(kind).await?;
+        results.note_version(&sut);
+        let mut pairs = Pairs::setup(&sut, sizes.pairs, self.args.payload).await?;
+        if wanted("s2") {
+            for rate in &sizes.rates {
+                eprintln!("[{kind:?}] S2: {} pairs at {rate} msgs/s for {:?}", sizes.pairs, sizes.step);
+                let r = pairs.step(&sut, "s2", *rate, sizes.step).await?;
+                eprintln!("  {}", r.one_line());
+                if !r.valid {
+                    results.fail(format!(
+                        "{} S2 at {rate}/s: {}",
+                        report_name(kind),
+                        r.invalid_reasons.join("; ")
+                    ));
+                }
+                results.latency.push(r);
+            }
+        }
+        if wanted("s3") && kind == Kind::Switchboard {
+            for rate in &sizes.s3_rates {
+                eprintln!("[{kind:?}] S3: {rate} durable msgs/s for {:?}", sizes.step);
+                let r = pairs.step(&sut, "s3", *rate, sizes.step).await?;
+                eprintln!("  {}", r.one_line());
+                let pass = r.passes(S3_P99_BOUND_US);
+                if !pass {
+                    // The step that ends the ramp is the measurement's upper end, not a
+                    // failure, unless it broke ordering (never excused by load).
+                    let why = if r.valid {
+                        format!("p99 {} µs > {S3_P99_BOUND_US} µs", r.latency_us.p99)
+                    } else {
+                        r.invalid_reasons.join("; ")
+                    };
+                    let what = format!("{} S3 ramp ended at {rate}/s: {why}", report_name(kind));
+                    if r.broke_order() { results.fail(what) } else { results.note(what) }
+                }
+                results.latency.push(r);
+                if !pass {
+                    break;
+                }
+            }
+        }
+        pairs.close();
+        sut.stop(&self.out, &format!("{kind:?}-s2-s3").to_lowercase()).await;
+        Ok(())
+    }
+
+    async fn s6(&self, kind: Kind, results: &mut Results) -> Result<(), Failure> {
+        let sizes = &self.sizes;
+        let sut = self.start(kind).await?;
+        results.note_version(&sut);
+        eprintln!("[{kind:?}] S6: history pages of 50 at {} req/s", sizes.history_rate);
+        let r = s6_history(&sut, sizes.history_messages, sizes.history_rate, sizes.step, self.args.payload)
+            .await?;
+        eprintln!(
+            "  {}: p50 {} µs, p99 {} µs, failures {} ({})",
+            if r.valid { "valid" } else { "INVALID" },
+            r.latency_us.p50,
+            r.latency_us.p99,
+            r.errors,
+            counts_line(&r.failures)
+        );
+        if !r.valid {
+            results.fail(format!("{} S6: {}", report_name(kind), r.invalid_reasons.join("; ")));
+        }
+        results.history.push(r);
+        sut.stop(&self.out, &format!("{kind:?}-s6").to_lowercase()).await;
+        Ok(())
+    }
+
+    async fn s7(&self, kind: Kind, results: &mut Results) -> Result<(), Failure> {
+        let (args, sizes) = (&self.args, &self.sizes);
+        let env = target::switchboard_env(&self.work.join("switchboard"), &args.server_env);
+        let write_stall_ms = target::switchboard_config_value(&self.switchboard_bin, &env, "write_stall_ms");
+        let outbound_bytes = target::switchboard_config_value(&self.switchboard_bin, &env, "outbound_bytes");
+        let phase_secs = args.s7_secs.unwrap_or(if args.quick {
+            3
+        } else {
+            write_stall_ms.unwrap_or(10_000).div_ceil(1000) + 10
+        });
+        let plan = SlowConsumer {
+            idle: sizes.s7_idle,
+            hostile: sizes.s7_hostile,
+            pingers: sizes.s7_pingers,
+            messages: sizes.s7_messages,
+            body_bytes: args.s7_body_bytes,
+            page: sizes.s7_page,
+            hostile_rate: sizes.s7_hostile_rate,
+            phase: Duration::from_secs(phase_secs),
+            ping_interval: Duration::from_millis(args.s7_ping_ms.max(1)),
+            recv_buffer: args.s7_recv_buffer,
+            rss_cap_kib: args.s7_rss_cap_mib * 1024,
+            settle: Duration::from_millis(if args.quick { 500 } else { 2_000 }),
+            write_stall_ms,
+            outbound_bytes,
+        };
+        let sut = self.start(kind).await?;
+        results.note_version(&sut);
+        eprintln!(
+            "[{kind:?}] S7: {} idle, {} pinging, {} hostile clients (history limit {} at {}/s each, never read) for {phase_secs} s",
+            plan.idle, plan.pingers, plan.hostile, plan.page, plan.hostile_rate
+        );
+        let r = slow::run(&sut, &plan).await?;
+        eprintln!("  {}", slow::one_line(&r));
+        if !r.valid {
+            results.fail(format!("{} S7: {}", report_name(kind), r.invalid_reasons.join("; ")));
+        }
+        for c in r.expectations.iter().filter(|c| !c.met) {
+            let what = format!(
+                "{} S7 expectation not met: {} (expected {}; observed {})",
+                report_name(kind),
+                c.name,
+                c.expected,
+                c.observed
+            );
+            if args.s7_expect { results.fail(what) } else { results.note(what) }
+        }
+        results.slow_consumer.push(r);
+        sut.stop(&self.out, &format!("{kind:?}-s7").to_lowercase()).await;
+        Ok(())
+    }
 }
 
 fn report_name(kind: Kind) -> &'static str {

@@ -502,7 +502,8 @@ struct PingStats {
 
 /// Every client pings every `interval` for `duration` (open loop: latency from the scheduled
 /// time), clients spread over the interval; then up to `PONG_GRACE` for the last pongs.
-/// Unanswered pings are `pending`, unsent ones `not_sent`.
+/// Unanswered pings are `pending` and enter the latency histogram with their age when given
+/// up (a lower bound); unsent ones are `not_sent`.
 async fn ping_phase(
     pingers: &mut [ws::Socket],
     tag: &str,
@@ -594,6 +595,12 @@ async fn ping_client(
     }
     if !due.is_empty() {
         *s.failures.entry("pending".into()).or_default() += due.len() as u64;
+        // An unanswered ping took at least this long: left out, the percentiles would hide
+        // exactly the stalls this scenario is about.
+        let now = Instant::now();
+        for sent_at in due.values() {
+            let _ = s.latency.record((now.saturating_duration_since(*sent_at).as_micros() as u64).max(1));
+        }
     }
     s
 }
