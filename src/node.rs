@@ -141,7 +141,7 @@ impl Node {
             config.storage.group_commit_max as usize,
             config.owner_shards(),
         );
-        let accounts = Accounts::new(stores.accounts.clone(), config.security.min_password_len as usize);
+        let accounts = Accounts::from_config(stores.accounts.clone(), &config.security);
         let reader = HistoryReader::new(stores.chat.clone(), conversations.clone());
         let sessions = Arc::new(SessionDeps {
             node_id: config.server.node_id.clone(),

@@ -2,9 +2,9 @@
 //! sync after cursors, the conversation list with unread counts — with membership checked
 //! and bodies decrypted. Sessions and REST handlers read through it, never through a store.
 
-use crate::conversation::directory::Conversations;
+use crate::conversation::directory::{ConversationInfo, Conversations};
 use crate::error::Result;
-use crate::model::{ConversationId, ConversationKind, UserId, Watermarks};
+use crate::model::{ConversationId, ConversationKind, StoredMessage, UserId, Watermarks};
 use crate::protocol::{MessageView, SyncState};
 use crate::store::ChatStore;
 use serde::Serialize;
@@ -69,29 +69,40 @@ impl HistoryReader {
         let mut cursor = before.unwrap_or(u64::MAX);
         let mut newest_first: Vec<MessageView> = Vec::new();
         let mut bytes = 0;
-        let has_more = loop {
-            let take = (limit - newest_first.len()).min(READ_CHUNK);
+        // Small first reads, growing: a page of large messages ends after a few of them.
+        let mut chunk_len = 8;
+        loop {
+            let take = (limit - newest_first.len()).min(chunk_len);
+            chunk_len = (chunk_len * 2).min(READ_CHUNK);
             let chunk = self.store.messages_before(conversation, cursor, take + 1).await?;
             let exhausted = chunk.len() <= take;
-            for m in chunk.iter().rev().take(take) {
-                let view = info.open(m)?;
-                if !newest_first.is_empty() && bytes + view.body.len() > PAGE_BYTES_MAX {
-                    newest_first.reverse();
-                    return Ok((newest_first, true));
+            // Newest first, cut where the bodies reach the page's byte cap (sealed sizes are
+            // the bodies plus a fixed overhead), so only what is returned is decrypted.
+            let mut picked = Vec::with_capacity(take);
+            let mut full = false;
+            for m in chunk.into_iter().rev().take(take) {
+                let size = m.sealed_body.len();
+                if !(newest_first.is_empty() && picked.is_empty()) && bytes + size > PAGE_BYTES_MAX {
+                    full = true;
+                    break;
                 }
-                bytes += view.body.len();
+                bytes += size;
                 cursor = m.seq;
-                newest_first.push(view);
+                picked.push(m);
+            }
+            picked.reverse();
+            let mut views = open_all(&info, picked).await?;
+            views.reverse();
+            newest_first.extend(views);
+            if full || (!exhausted && newest_first.len() == limit) {
+                newest_first.reverse();
+                return Ok((newest_first, true));
             }
             if exhausted {
-                break false;
+                newest_first.reverse();
+                return Ok((newest_first, false));
             }
-            if newest_first.len() == limit {
-                break true;
-            }
-        };
-        newest_first.reverse();
-        Ok((newest_first, has_more))
+        }
     }
 
     /// The user's conversations (a sync round visits them in this order).
@@ -111,19 +122,22 @@ impl HistoryReader {
     ) -> Result<SyncPage> {
         let info = self.conversations.for_member(conversation, user).await?;
         let take = limit.clamp(1, READ_CHUNK);
-        let page = self.store.messages_after(conversation, after, take + 1).await?;
+        let mut page = self.store.messages_after(conversation, after, take + 1).await?;
         let mut has_more = page.len() > take;
-        let mut messages = Vec::with_capacity(page.len().min(take));
+        page.truncate(take);
+        // Cut where the bodies reach the page's byte cap, before decrypting.
         let mut bytes = 0;
-        for m in page.iter().take(take) {
-            let view = info.open(m)?;
-            if !messages.is_empty() && bytes + view.body.len() > PAGE_BYTES_MAX {
+        let mut keep = 0;
+        for m in &page {
+            if keep > 0 && bytes + m.sealed_body.len() > PAGE_BYTES_MAX {
                 has_more = true;
                 break;
             }
-            bytes += view.body.len();
-            messages.push(view);
+            bytes += m.sealed_body.len();
+            keep += 1;
         }
+        page.truncate(keep);
+        let messages = open_all(&info, page).await?;
         let last_seq = self.store.last_seq(conversation).await?;
         let mine = self.watermarks(conversation, user).await?;
         Ok(SyncPage {
@@ -182,4 +196,20 @@ impl HistoryReader {
         out.sort_by_key(|s| std::cmp::Reverse(s.last_message.as_ref().map(|m| m.ts).unwrap_or(0)));
         Ok(out)
     }
+}
+
+/// Sealed bytes above which decryption leaves the async worker for the blocking pool (so a
+/// page of large messages cannot hold up the other sessions of its thread).
+const OFF_THREAD_BYTES: usize = 64 * 1024;
+
+/// Decrypts stored messages of one conversation, in order.
+async fn open_all(info: &Arc<ConversationInfo>, messages: Vec<StoredMessage>) -> Result<Vec<MessageView>> {
+    let sealed: usize = messages.iter().map(|m| m.sealed_body.len()).sum();
+    if sealed < OFF_THREAD_BYTES {
+        return messages.iter().map(|m| info.open(m)).collect();
+    }
+    let info = info.clone();
+    tokio::task::spawn_blocking(move || messages.iter().map(|m| info.open(m)).collect())
+        .await
+        .map_err(|e| crate::error::Error::internal(format!("decrypt task failed: {e}")))?
 }

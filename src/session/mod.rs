@@ -251,17 +251,22 @@ impl Session {
             ClientFrame::Sync { cursors, limit } => self.on_sync(identity.user_id, id, cursors, limit, ctx),
             ClientFrame::History { conversation_id, before, limit } => {
                 let history = self.deps.history.clone();
-                let fut =
-                    async move { history.history(identity.user_id, conversation_id, before, limit).await };
+                let reply_id = id.clone();
+                let fut = async move {
+                    let (messages, has_more) =
+                        history.history(identity.user_id, conversation_id, before, limit).await?;
+                    // A page can be half a megabyte of JSON: encode it off the worker thread.
+                    let frame = ServerFrame::History { id: reply_id, conversation_id, messages, has_more };
+                    tokio::task::spawn_blocking(move || frame.encode())
+                        .await
+                        .map_err(|e| Error::internal(format!("encode task failed: {e}")))
+                };
                 // The reply's room is held while it is read, so requests in flight count too.
                 self.outbox.reserve(HISTORY_RESERVATION);
                 ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
                     act.outbox.release(HISTORY_RESERVATION);
                     match res {
-                        Ok((messages, has_more)) => {
-                            let frame = ServerFrame::History { id, conversation_id, messages, has_more };
-                            act.push_frame(&frame, ctx);
-                        }
+                        Ok(text) => act.push(text, ctx),
                         Err(e) => act.push_error(id, &e, ctx),
                     }
                 }));

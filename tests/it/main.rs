@@ -4,6 +4,8 @@
 //! - `chat`: end-to-end delivery, sync, devices, receipts, presence, typing, idempotency.
 //! - `bench_smoke`: the load generator's quick run, so it cannot rot.
 //! - `cassandra_fault`: 3 Cassandra nodes, one SIGKILLed under load (run by scripts/test).
+//! - `hostile`: a client that never reads (bounded memory, closed in time), a user far behind
+//!   catching up through repeated sync rounds.
 //! - `bad_input`: every bad input yields its error code or close code.
 //! - `login_limits`: login/registration rate limits, the bounded hash queue, token expiry.
 //! - `restart`: SIGKILL and SIGTERM: nothing acked is lost, seq continues gaplessly.
@@ -21,6 +23,7 @@ mod chat;
 mod config_file;
 mod full_disk;
 mod harness;
+mod hostile;
 mod login_limits;
 mod presence_conformance;
 mod restart;

@@ -243,6 +243,11 @@ pub struct HostileClient {
     pub close_code: Option<u16>,
     /// The generator dropped the connection at the RSS safety cap.
     pub dropped_at_rss_cap: bool,
+    /// Bytes in the server's kernel send queue for this connection (written by the server,
+    /// not yet taken by the client; outside the server's RSS), sampled every second: the
+    /// most, and at the end of the hostile phase (null when the connection was gone).
+    pub server_send_queue_max_bytes: u64,
+    pub server_send_queue_end_bytes: Option<u64>,
 }
 
 /// A check of S7 against what the server promises. One the run could not evaluate (its
@@ -290,6 +295,9 @@ pub struct SlowConsumerResult {
     /// (seconds into the hostile phase, RSS KiB), every 500 ms.
     pub rss_samples: Vec<(f64, u64)>,
     pub kernel_peak_growth_kib: u64,
+    /// Server CPU seconds (user + system) during the hostile phase; close to its length means
+    /// the server's core was saturated.
+    pub server_cpu_secs_hostile_phase: f64,
     pub rss_cap_kib: u64,
     pub rss_cap_hit: bool,
     pub ping_interval_ms: u64,
@@ -302,6 +310,12 @@ pub struct SlowConsumerResult {
     pub ping_failures: Counts,
     pub hostile: Vec<HostileClient>,
     pub hostile_closed: usize,
+    /// What the server says: `switchboard_slow_consumers_closed_total` from `/metrics`, its
+    /// growth over the hostile phase and until after the hostile clients were dropped (null
+    /// when unavailable). More closes here than `hostile_closed` means the server decided to
+    /// close sessions whose connections the clients still saw open.
+    pub server_slow_consumer_closes_phase: Option<u64>,
+    pub server_slow_consumer_closes_total: Option<u64>,
     pub hostile_closed_after_ms_min: Option<u64>,
     pub hostile_closed_after_ms_max: Option<u64>,
     pub expectations: Vec<Check>,
@@ -625,6 +639,10 @@ fn slow_consumer_md(md: &mut String, s: &SlowConsumerResult) {
         ("server RSS after hostile clients dropped", mib(s.rss_after_release_kib)),
         ("kernel memory peak growth (slab + TCP)", mib(s.kernel_peak_growth_kib)),
         (
+            "server CPU during the hostile phase",
+            format!("{:.1} s of {:.1} s", s.server_cpu_secs_hostile_phase, s.hostile_phase_secs),
+        ),
+        (
             "ping p50 / p99 / max, idle only (unanswered: age when given up)",
             format!(
                 "{} / {} / {} µs",
@@ -649,22 +667,32 @@ fn slow_consumer_md(md: &mut String, s: &SlowConsumerResult) {
                 opt_ms(s.hostile_closed_after_ms_max)
             ),
         ),
+        (
+            "slow-consumer closes the server counted (/metrics), hostile phase / until after release",
+            format!(
+                "{} / {}",
+                s.server_slow_consumer_closes_phase.map_or("—".into(), |v| v.to_string()),
+                s.server_slow_consumer_closes_total.map_or("—".into(), |v| v.to_string())
+            ),
+        ),
     ];
     for (k, v) in rows {
         let _ = writeln!(md, "| {k} | {v} |");
     }
     let _ = writeln!(
         md,
-        "\n| hostile | requests sent | ticks blocked | send side full after | closed by server after | how | close code |"
+        "\n| hostile | requests sent | ticks blocked | send side full after | server kernel send queue max / end (KiB) | closed by server after | how | close code |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
     for (i, h) in s.hostile.iter().enumerate() {
         let _ = writeln!(
             md,
-            "| {i} | {} | {} | {} | {} | {} | {} |",
+            "| {i} | {} | {} | {} | {} / {} | {} | {} | {} |",
             h.requests_sent,
             h.requests_not_issued,
             opt_ms(h.send_blocked_after_ms),
+            h.server_send_queue_max_bytes / 1024,
+            h.server_send_queue_end_bytes.map_or("—".into(), |b| (b / 1024).to_string()),
             if h.closed_by_server {
                 opt_ms(h.closed_after_ms)
             } else if h.dropped_at_rss_cap {

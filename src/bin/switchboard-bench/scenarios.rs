@@ -407,8 +407,19 @@ pub fn source_ip(i: usize) -> IpAddr {
     IpAddr::from([127, 0, 0, (10 + i % 200) as u8])
 }
 
+/// Registrations made so far by this process: each group of `REGISTRATIONS_PER_SOURCE` comes
+/// from its own loopback address (127.0.0.100–249), so a per-address registration limit on
+/// the server (`security.register_ip_per_hour`, 20 by default) does not cap how many users a
+/// benchmark can have, even where the server does not take the override `switchboard_env`
+/// sets.
+static REGISTRATIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+const REGISTRATIONS_PER_SOURCE: usize = 10;
+
 /// Registers a bench user; switchboard only: (user id, token).
-pub async fn register(http: &reqwest::Client, base: &str, name: &str) -> Result<(String, String), Failure> {
+pub async fn register(base: &str, name: &str) -> Result<(String, String), Failure> {
+    let n = REGISTRATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let source = IpAddr::from([127, 0, 0, (100 + (n / REGISTRATIONS_PER_SOURCE) % 150) as u8]);
+    let http = target::http_client_from(Some(source))?;
     let resp = http
         .post(format!("{base}/v1/register"))
         .json(&json!({"username": name, "password": "bench password 1"}))
@@ -428,8 +439,8 @@ pub async fn register_pair(
     a: &str,
     b: &str,
 ) -> Result<(String, String, String), Failure> {
-    let (_, a_token) = register(http, base, a).await?;
-    let (b_id, b_token) = register(http, base, b).await?;
+    let (_, a_token) = register(base, a).await?;
+    let (b_id, b_token) = register(base, b).await?;
     let resp = http
         .post(format!("{base}/v1/conversations/direct"))
         .bearer_auth(&a_token)
@@ -546,10 +557,9 @@ impl IdleFleet {
 async fn s1_idle(sut: &Sut, n: usize) -> Result<IdleResult, Failure> {
     let tokens = match sut.kind {
         Kind::Switchboard => {
-            let http = http_client()?;
             let mut tokens = Vec::new();
             for i in 0..10 {
-                tokens.push(register(&http, &sut.http, &format!("idle{i}")).await?.1);
+                tokens.push(register(&sut.http, &format!("idle{i}")).await?.1);
             }
             tokens.join(",")
         }

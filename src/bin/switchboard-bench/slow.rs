@@ -15,6 +15,7 @@ use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -51,6 +52,8 @@ const CLOSE_GRACE_MS: u64 = 2_000;
 /// Reading a closed hostile connection for its close frame: at most this long / this much.
 const DRAIN_TIME: Duration = Duration::from_secs(2);
 const DRAIN_BYTES: usize = 64 << 20;
+/// The server's own count of sessions it closed as slow consumers (4008).
+const SLOW_CONSUMER_METRIC: &str = "switchboard_slow_consumers_closed_total";
 
 pub async fn run(sut: &Sut, plan: &SlowConsumer) -> Result<SlowConsumerResult, Failure> {
     let mut invalid = Vec::new();
@@ -61,11 +64,11 @@ pub async fn run(sut: &Sut, plan: &SlowConsumer) -> Result<SlowConsumerResult, F
     let (a_token, b_token, conversation) = register_pair(&http, &sut.http, "s7_a", "s7_b").await?;
     let mut idle_tokens = Vec::new();
     for i in 0..plan.idle.clamp(1, 10) {
-        idle_tokens.push(register(&http, &sut.http, &format!("s7_idle{i}")).await?.1);
+        idle_tokens.push(register(&sut.http, &format!("s7_idle{i}")).await?.1);
     }
     let mut ping_tokens = Vec::new();
     for i in 0..plan.pingers {
-        ping_tokens.push(register(&http, &sut.http, &format!("s7_ping{i}")).await?.1);
+        ping_tokens.push(register(&sut.http, &format!("s7_ping{i}")).await?.1);
     }
 
     // Idle clients first, so that their memory is measured on a quiet server (as in S1).
@@ -95,6 +98,7 @@ pub async fn run(sut: &Sut, plan: &SlowConsumer) -> Result<SlowConsumerResult, F
     let baseline =
         ping_phase(&mut pingers, "b", plan.settle.max(Duration::from_secs(1)), plan.ping_interval).await;
     let rss_before_hostile = sut.rss_kib();
+    let closes_before = target::metric(&http, &sut.http, SLOW_CONSUMER_METRIC).await;
     let kernel_before = target::kernel_kib();
 
     // Hostile clients: connect, read the welcome, never read again.
@@ -115,12 +119,15 @@ pub async fn run(sut: &Sut, plan: &SlowConsumer) -> Result<SlowConsumerResult, F
         ));
     }
     let hostile_connected = stalled.len();
+    // (server side, client side) of each hostile connection, for its kernel queues.
+    let addrs: Vec<Option<(SocketAddr, SocketAddr)>> =
+        stalled.iter().map(|(s, _)| Some((s.peer_addr().ok()?, s.local_addr().ok()?))).collect();
+    let cpu_start = sut.cpu_secs();
     let phase_start = Instant::now();
     let until = phase_start + plan.phase;
-    let abort = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicBool::new(false));
+    let flags = Arc::new(PhaseFlags::default());
     let sampler =
-        tokio::spawn(sample_rss(sut.pid, phase_start, until, plan.rss_cap_kib, abort.clone(), done.clone()));
+        tokio::spawn(sample_rss(sut.pid, phase_start, until, plan.rss_cap_kib, addrs, flags.clone()));
     let interval = Duration::from_nanos(1_000_000_000 / plan.hostile_rate.max(1));
     let tasks: Vec<_> = stalled
         .into_iter()
@@ -135,7 +142,7 @@ pub async fn run(sut: &Sut, plan: &SlowConsumer) -> Result<SlowConsumerResult, F
                 plan.messages,
                 interval,
                 until,
-                abort.clone(),
+                flags.clone(),
             ))
         })
         .collect();
@@ -144,6 +151,11 @@ pub async fn run(sut: &Sut, plan: &SlowConsumer) -> Result<SlowConsumerResult, F
     for t in tasks {
         hostile.push(t.await?);
     }
+    // The end-of-phase sample needs the hostile connections still open.
+    while !flags.captured.load(Ordering::Relaxed) && !sampler.is_finished() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let closes_at_end = target::metric(&http, &sut.http, SLOW_CONSUMER_METRIC).await;
     // What a closed connection still holds may carry the close code.
     let hostile: Vec<HostileClient> =
         futures_util::future::join_all(hostile.into_iter().map(|(mut h, stream)| async move {
@@ -161,10 +173,21 @@ pub async fn run(sut: &Sut, plan: &SlowConsumer) -> Result<SlowConsumerResult, F
         }))
         .await;
     // Every hostile connection is dropped here (the streams went with the futures).
-    done.store(true, Ordering::Relaxed);
+    flags.done.store(true, Ordering::Relaxed);
     let trace = sampler.await?;
+    let hostile: Vec<HostileClient> = hostile
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut h)| {
+            h.server_send_queue_max_bytes = trace.send_queue_max[i];
+            h.server_send_queue_end_bytes = trace.send_queue_at_until[i];
+            h
+        })
+        .collect();
     tokio::time::sleep(plan.settle).await;
     let rss_after_release = sut.rss_kib();
+    let closes_after = target::metric(&http, &sut.http, SLOW_CONSUMER_METRIC).await;
+    let closes_since = |v: Option<f64>| Some((v? - closes_before?).max(0.0) as u64);
     for socket in pingers.iter_mut() {
         let _ = socket.close(None).await;
     }
@@ -205,6 +228,7 @@ pub async fn run(sut: &Sut, plan: &SlowConsumer) -> Result<SlowConsumerResult, F
         rss_after_release_kib: rss_after_release,
         rss_samples: trace.samples,
         kernel_peak_growth_kib: trace.kernel_peak_kib.saturating_sub(kernel_before),
+        server_cpu_secs_hostile_phase: trace.cpu_secs_at_until.unwrap_or_else(|| sut.cpu_secs()) - cpu_start,
         rss_cap_kib: plan.rss_cap_kib,
         rss_cap_hit: trace.cap_hit,
         ping_interval_ms: plan.ping_interval.as_millis() as u64,
@@ -214,6 +238,8 @@ pub async fn run(sut: &Sut, plan: &SlowConsumer) -> Result<SlowConsumerResult, F
         pings_answered,
         ping_failures,
         hostile_closed: closed.len(),
+        server_slow_consumer_closes_phase: closes_since(closes_at_end),
+        server_slow_consumer_closes_total: closes_since(closes_after),
         hostile_closed_after_ms_min: closed.iter().min().copied(),
         hostile_closed_after_ms_max: closed.iter().max().copied(),
         hostile,
@@ -279,11 +305,12 @@ fn expectations(r: &SlowConsumerResult, plan: &SlowConsumer) -> Vec<Check> {
                 r.hostile_connected
             ),
             observed: format!(
-                "{} closed ({in_time} in time), after {} – {}; close codes: {}{}",
+                "{} closed as seen by the clients ({in_time} in time), after {} – {}; close codes: {}; the server counted {} slow-consumer closes in the phase{}",
                 r.hostile_closed,
                 r.hostile_closed_after_ms_min.map_or("—".into(), |v| format!("{v} ms")),
                 r.hostile_closed_after_ms_max.map_or("—".into(), |v| format!("{v} ms")),
                 counts_line(&codes),
+                r.server_slow_consumer_closes_phase.map_or("?".into(), |v| v.to_string()),
                 if r.rss_cap_hit { "; RSS safety cap hit" } else { "" }
             ),
             evaluated: true,
@@ -357,7 +384,7 @@ async fn hostile_client(
     messages: u64,
     interval: Duration,
     until: Instant,
-    abort: Arc<AtomicBool>,
+    flags: Arc<PhaseFlags>,
 ) -> (HostileClient, Option<TcpStream>) {
     let mut r = HostileClient::default();
     let since = |t: Instant| t.saturating_duration_since(stopped_reading).as_millis() as u64;
@@ -372,7 +399,7 @@ async fn hostile_client(
         if now >= until {
             break;
         }
-        if abort.load(Ordering::Relaxed) {
+        if flags.abort.load(Ordering::Relaxed) {
             r.dropped_at_rss_cap = true;
             return (r, None);
         }
@@ -431,6 +458,17 @@ async fn hostile_client(
     (r, Some(stream))
 }
 
+/// Signals between the hostile phase's tasks.
+#[derive(Default)]
+struct PhaseFlags {
+    /// Set by the sampler at the RSS safety cap: hostile clients drop their connections.
+    abort: AtomicBool,
+    /// Set by the sampler once it sampled the end of the phase.
+    captured: AtomicBool,
+    /// Set when the hostile connections are gone: the sampler stops.
+    done: AtomicBool,
+}
+
 /// The server's memory over the hostile phase.
 struct RssTrace {
     peak_kib: u64,
@@ -441,17 +479,24 @@ struct RssTrace {
     samples: Vec<(f64, u64)>,
     kernel_peak_kib: u64,
     cap_hit: bool,
+    /// The server's CPU seconds at the first sample at or after the end of the phase.
+    cpu_secs_at_until: Option<f64>,
+    /// Per hostile connection: its server-side kernel send queue, most and at the end.
+    send_queue_max: Vec<u64>,
+    send_queue_at_until: Vec<Option<u64>>,
 }
 
-/// Samples the server's RSS (and kernel memory) every 100 ms until `done`; above `cap_kib` it
-/// raises `abort`, which makes the hostile clients drop their connections.
+/// Samples the server's RSS (and kernel memory) every 100 ms, and the kernel send queues of
+/// the hostile connections every second, until `done`; raises `captured` once it sampled the
+/// end of the phase. Above `cap_kib` it raises `abort`, which makes the hostile clients drop
+/// their connections.
 async fn sample_rss(
     pid: u32,
     start: Instant,
     until: Instant,
     cap_kib: u64,
-    abort: Arc<AtomicBool>,
-    done: Arc<AtomicBool>,
+    addrs: Vec<Option<(SocketAddr, SocketAddr)>>,
+    flags: Arc<PhaseFlags>,
 ) -> RssTrace {
     let mut t = RssTrace {
         peak_kib: 0,
@@ -461,6 +506,9 @@ async fn sample_rss(
         samples: Vec::new(),
         kernel_peak_kib: 0,
         cap_hit: false,
+        cpu_secs_at_until: None,
+        send_queue_max: vec![0; addrs.len()],
+        send_queue_at_until: vec![None; addrs.len()],
     };
     // Bounded even if `done` never comes.
     let give_up = until + Duration::from_secs(120);
@@ -477,14 +525,27 @@ async fn sample_rss(
         if i % 5 == 0 {
             t.samples.push(((secs * 10.0).round() / 10.0, rss));
         }
-        if t.at_until_kib.is_none() && now >= until {
-            t.at_until_kib = Some(rss);
+        let at_until = t.at_until_kib.is_none() && now >= until;
+        if i % 10 == 0 || at_until {
+            let queues = target::tcp_queues();
+            for (j, pair) in addrs.iter().enumerate() {
+                let tx = pair.and_then(|p| queues.get(&p)).map(|(tx, _)| *tx);
+                t.send_queue_max[j] = t.send_queue_max[j].max(tx.unwrap_or(0));
+                if at_until {
+                    t.send_queue_at_until[j] = tx;
+                }
+            }
         }
-        if rss > cap_kib && !abort.load(Ordering::Relaxed) {
-            abort.store(true, Ordering::Relaxed);
+        if at_until {
+            t.at_until_kib = Some(rss);
+            t.cpu_secs_at_until = Some(target::cpu_secs(pid));
+            flags.captured.store(true, Ordering::Relaxed);
+        }
+        if rss > cap_kib && !flags.abort.load(Ordering::Relaxed) {
+            flags.abort.store(true, Ordering::Relaxed);
             t.cap_hit = true;
         }
-        if done.load(Ordering::Relaxed) || now > give_up {
+        if flags.done.load(Ordering::Relaxed) || now > give_up {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -603,4 +664,76 @@ async fn ping_client(
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A stand-in server: accepts one WebSocket upgrade, sends `welcome`, then `then` writes.
+    async fn fake_server(
+        then: Vec<u8>,
+        close_after: Option<Duration>,
+    ) -> (String, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/v1/ws", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = socket.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+            }
+            let welcome = br#"{"type":"welcome"}"#;
+            let mut reply = b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec();
+            reply.extend_from_slice(&[0x81, welcome.len() as u8]);
+            reply.extend_from_slice(welcome);
+            reply.extend_from_slice(&then);
+            let _ = socket.write_all(&reply).await;
+            match close_after {
+                // Dropping the socket with the client's requests unread resets it.
+                Some(after) => tokio::time::sleep(after).await,
+                None => tokio::time::sleep(Duration::from_secs(30)).await,
+            }
+        });
+        (url, task)
+    }
+
+    #[tokio::test]
+    async fn a_server_close_is_noticed_and_timed() {
+        let (url, _server) = fake_server(Vec::new(), Some(Duration::from_millis(300))).await;
+        let stream = ws::connect_stalled(&url, "127.0.0.1".parse().unwrap(), "t", 4096).await.unwrap();
+        let started = Instant::now();
+        let (h, stream) = hostile_client(
+            stream,
+            started,
+            0,
+            "c".into(),
+            50,
+            200,
+            Duration::from_millis(20),
+            started + Duration::from_secs(5),
+            Arc::new(PhaseFlags::default()),
+        )
+        .await;
+        assert!(h.closed_by_server, "{h:?}");
+        let after = h.closed_after_ms.unwrap();
+        assert!((250..2_000).contains(&after), "{h:?}");
+        assert!(h.requests_sent > 5, "{h:?}");
+        assert!(stream.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_close_frame_left_on_the_socket_is_read() {
+        let mut then = vec![0x81, 126, 0x10, 0x00];
+        then.extend(std::iter::repeat_n(b'x', 0x1000));
+        then.extend_from_slice(&[0x88, 0x02, 0x0f, 0xa8]);
+        let (url, _server) = fake_server(then, None).await;
+        let mut stream = ws::connect_stalled(&url, "127.0.0.1".parse().unwrap(), "t", 4096).await.unwrap();
+        let (code, how) = ws::drain_for_close(&mut stream, Duration::from_secs(2), 1 << 20).await;
+        assert_eq!(code, Some(4008), "{how}");
+    }
 }

@@ -8,6 +8,8 @@ use crate::ws::Socket;
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -27,10 +29,16 @@ pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The HTTP client for every REST call: a whole-request timeout and a connect timeout.
 pub fn http_client() -> Result<reqwest::Client, crate::Failure> {
+    http_client_from(None)
+}
+
+/// `http_client`, connecting from `source` (a 127.0.0.x address) when given.
+pub fn http_client_from(source: Option<IpAddr>) -> Result<reqwest::Client, crate::Failure> {
     Ok(reqwest::Client::builder()
         .timeout(HTTP_TIMEOUT)
         .connect_timeout(Duration::from_secs(5))
         .pool_max_idle_per_host(64)
+        .local_address(source)
         .build()?)
 }
 
@@ -69,6 +77,12 @@ pub fn switchboard_config_value(bin: &Path, env: &[(String, String)], key: &str)
     })
 }
 
+/// One counter or gauge from switchboard's `/metrics` (Prometheus text), if it answers.
+pub async fn metric(http: &reqwest::Client, base: &str, name: &str) -> Option<f64> {
+    let text = http.get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// A running server process.
 pub struct Sut {
     pub kind: Kind,
@@ -100,6 +114,28 @@ pub fn cpu_secs(pid: u32) -> f64 {
     let fields: Vec<&str> = after.split_whitespace().collect();
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Bytes in the send and receive queues of every IPv4 TCP socket (`/proc/net/tcp`), by
+/// (local, remote) address: what the kernel holds for a connection outside any process's RSS.
+pub fn tcp_queues() -> HashMap<(SocketAddr, SocketAddr), (u64, u64)> {
+    fn addr(hex: &str) -> Option<SocketAddr> {
+        let (ip, port) = hex.split_once(':')?;
+        let ip = Ipv4Addr::from(u32::from_str_radix(ip, 16).ok()?.to_le_bytes());
+        Some(SocketAddr::new(ip.into(), u16::from_str_radix(port, 16).ok()?))
+    }
+    let text = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (tx, rx) = f.get(4)?.split_once(':')?;
+            Some((
+                (addr(f.get(1)?)?, addr(f.get(2)?)?),
+                (u64::from_str_radix(tx, 16).ok()?, u64::from_str_radix(rx, 16).ok()?),
+            ))
+        })
+        .collect()
 }
 
 /// Kernel memory now: slab plus TCP buffer pages, KiB.

@@ -111,7 +111,7 @@ pub fn masked_text(payload: &[u8], key: [u8; 4]) -> Vec<u8> {
 }
 
 /// Opens an authenticated WebSocket by hand with a `recv_buffer`-byte receive buffer (set
-/// before connecting, so the advertised window stays small), reads the `101` and the
+/// before connecting, so the advertised window stays small), reads exactly the `101` and the
 /// `welcome` frame, and returns the bare TCP stream: from here on nobody reads it, so what the
 /// server writes piles up in its own buffers.
 pub async fn connect_stalled(
@@ -129,49 +129,46 @@ pub async fn connect_stalled(
              Authorization: Bearer {bearer}\r\n\r\n"
         );
         stream.write_all(request.as_bytes()).await?;
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let header_end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            if buf.len() > 16 * 1024 {
+        // Byte-exact reads: whatever follows the welcome stays in the socket, unread, and a
+        // later `drain_for_close` starts at a frame boundary.
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            if head.len() > 16 * 1024 {
                 return Err("oversized upgrade response".into());
             }
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Err("closed during the upgrade".into());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        let status = String::from_utf8_lossy(&buf[..header_end]).lines().next().unwrap_or("").to_owned();
+            head.push(stream.read_u8().await.map_err(|e| format!("during the upgrade: {e}"))?);
+        }
+        let status = String::from_utf8_lossy(&head).lines().next().unwrap_or("").to_owned();
         if !status.contains(" 101 ") {
             return Err(format!("upgrade refused: {status}").into());
         }
-        let mut rest = buf.split_off(header_end);
         loop {
-            if let Some(head) = frame_head(&rest)
-                && rest.len() >= head.header_len + head.payload_len
-            {
-                let payload = &rest[head.header_len..head.header_len + head.payload_len];
-                if head.opcode == 1 {
-                    let text = String::from_utf8_lossy(payload);
+            let mut frame = vec![0u8; 2];
+            stream.read_exact(&mut frame).await?;
+            let extra = match frame[1] & 0x7f {
+                126 => 2,
+                127 => 8,
+                _ => 0,
+            } + if frame[1] & 0x80 != 0 { 4 } else { 0 };
+            frame.resize(2 + extra, 0);
+            stream.read_exact(&mut frame[2..]).await?;
+            let head = frame_head(&frame).ok_or("bad frame header")?;
+            if head.payload_len > 1 << 20 {
+                return Err("oversized frame before welcome".into());
+            }
+            let mut payload = vec![0u8; head.payload_len];
+            stream.read_exact(&mut payload).await?;
+            match head.opcode {
+                1 => {
+                    let text = String::from_utf8_lossy(&payload);
                     if text.contains("\"welcome\"") {
                         return Ok(stream);
                     }
                     return Err(format!("expected welcome, got {text}").into());
                 }
-                if head.opcode == 8 {
-                    return Err("closed instead of welcome".into());
-                }
-                rest.drain(..head.header_len + head.payload_len);
-                continue;
+                8 => return Err("closed instead of welcome".into()),
+                _ => {}
             }
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Err("closed before welcome".into());
-            }
-            rest.extend_from_slice(&chunk[..n]);
         }
     })
     .await
