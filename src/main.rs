@@ -62,6 +62,11 @@ fn main() -> ExitCode {
             switchboard::telemetry::init_tracing();
             match actix::System::new().block_on(switchboard::serve(config)) {
                 Ok(()) => ExitCode::SUCCESS,
+                // Refused to start (e.g. the master key does not match the store): fix and retry.
+                Err(e @ switchboard::ServeError::Start(_)) => {
+                    eprintln!("switchboard: {e}");
+                    ExitCode::from(2)
+                }
                 Err(e) => {
                     eprintln!("switchboard: {e}");
                     ExitCode::FAILURE

@@ -83,33 +83,37 @@ impl Node {
         let loaded =
             MasterKey::load(&config.security.master_key, &data_dir).map_err(StartError::MasterKey)?;
         let key_checked = Arc::new(AtomicBool::new(false));
-        let master = match loaded {
-            Some(key) => key,
+        let (master, generated) = match loaded {
+            Some(key) => (key, false),
             None => {
                 // A first start, unless the store already has a check value (the key was lost).
-                let missing = || StartError::KeyMissing { path: key_path.display().to_string() };
                 match stores.meta.meta(KEY_CHECK).await {
-                    Ok(Some(_)) => return Err(missing()),
+                    Ok(Some(_)) => return Err(StartError::KeyMissing { path: key_path.display().to_string() }),
                     Ok(None) | Err(StoreError::Unavailable(_)) => {}
-                    Err(e) => {
-                        return Err(StartError::Store { dir: data_dir.display().to_string(), source: e });
-                    }
+                    Err(e) => return Err(StartError::Store { dir: data_dir.display().to_string(), source: e }),
                 }
                 let key = MasterKey::generate();
                 key.write_file(&data_dir).map_err(StartError::MasterKey)?;
-                key
+                (key, true)
             }
         };
-        if check_key(stores.meta.as_ref(), &master, &key_path).await? {
+        // A key generated here that the store refuses means the real one was lost: remove ours.
+        let verdict = move |result: Result<bool, StartError>, path: &Path| match result {
+            Err(StartError::KeyMismatch { .. }) if generated => {
+                let _ = std::fs::remove_file(path);
+                Err(StartError::KeyMissing { path: path.display().to_string() })
+            }
+            other => other,
+        };
+        if verdict(check_key(stores.meta.as_ref(), &master, &key_path).await, &key_path)? {
             key_checked.store(true, Ordering::Relaxed);
         } else {
             // The store connects in the background (Cassandra): check once it answers; a
             // mismatch then stops the process, since nothing it stores would be readable.
-            let (meta, key, flag, path) =
-                (stores.meta.clone(), master.clone(), key_checked.clone(), key_path.clone());
+            let (meta, key, flag, path) = (stores.meta.clone(), master.clone(), key_checked.clone(), key_path.clone());
             actix::spawn(async move {
                 loop {
-                    match check_key(meta.as_ref(), &key, &path).await {
+                    match verdict(check_key(meta.as_ref(), &key, &path).await, &path) {
                         Ok(true) => {
                             flag.store(true, Ordering::Relaxed);
                             return;

@@ -89,6 +89,28 @@ impl Server {
         Server { child, addr, dir }
     }
 
+    /// Runs `serve` on `dir` expecting it to refuse to start: its exit code and its stderr.
+    pub async fn refused(dir: &tempfile::TempDir, env: &[(&str, &str)]) -> (Option<i32>, String) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        cmd.arg("serve")
+            .env("SWITCHBOARD_HTTP_ADDR", "127.0.0.1:0")
+            .env("SWITCHBOARD_DATA_DIR", dir.path().join("data"))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        for (k, v) in cassandra_env(dir.path()) {
+            cmd.env(k, v);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = tokio::time::timeout(Duration::from_secs(90), cmd.output())
+            .await
+            .expect("the server should have refused to start")
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
     /// Waits until `/readyz` answers 200 (the store is reachable).
     async fn wait_ready(&self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(90);

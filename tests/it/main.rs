@@ -6,6 +6,7 @@
 //! - `cassandra_fault`: 3 Cassandra nodes, one SIGKILLed under load (run by scripts/test).
 //! - `hostile`: a client that never reads (bounded memory, closed in time), a user far behind
 //!   catching up through repeated sync rounds.
+//! - `master_key`: a lost or different master key is refused at start, naming the fix.
 //! - `bad_input`: every bad input yields its error code or close code.
 //! - `login_limits`: login/registration rate limits, the bounded hash queue, token expiry.
 //! - `restart`: SIGKILL and SIGTERM: nothing acked is lost, seq continues gaplessly.
@@ -24,6 +25,7 @@ mod config_file;
 mod full_disk;
 mod harness;
 mod hostile;
+mod master_key;
 mod login_limits;
 mod presence_conformance;
 mod restart;
