@@ -147,18 +147,27 @@ impl Conversations {
         self.remember(stored)
     }
 
-    /// Whether two users have a conversation in common (who may see whose presence).
-    pub async fn share_a_conversation(&self, a: UserId, b: UserId) -> Result<bool> {
-        if a == b {
+    /// Whether `watcher` may see `watched`'s presence: they share a conversation in which
+    /// `watched` has sent a message. Opening a direct conversation with a stranger is not
+    /// enough to watch when they are online; their first message there is.
+    pub async fn may_watch_presence(&self, watcher: UserId, watched: UserId) -> Result<bool> {
+        if watcher == watched {
             return Ok(true);
         }
-        if self.store.direct_between(a, b).await?.is_some() {
-            return Ok(true);
+        let mut shared = Vec::new();
+        if let Some(id) = self.store.direct_between(watcher, watched).await? {
+            shared.push(id);
         }
-        for id in self.store.user_conversations(a).await? {
-            if let Some(info) = self.get(id).await?
-                && info.is_member(b)
+        for id in self.store.user_conversations(watcher).await? {
+            if !shared.contains(&id)
+                && let Some(info) = self.get(id).await?
+                && info.is_member(watched)
             {
+                shared.push(id);
+            }
+        }
+        for id in shared {
+            if self.store.has_posted(id, watched).await? {
                 return Ok(true);
             }
         }

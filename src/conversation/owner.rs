@@ -138,7 +138,12 @@ pub struct Owner {
     max_batch: usize,
     /// The highest seq durably stored per conversation, loaded on first use.
     last_seq: HashMap<ConversationId, u64>,
+    /// (conversation, author) pairs known to be recorded as posters (bounded; see `POSTED_MAX`).
+    posted: std::collections::HashSet<MemberKey>,
 }
+
+/// Posters remembered per shard before the set starts over (a re-record is idempotent).
+const POSTED_MAX: usize = 100_000;
 
 type ClientKey = (ConversationId, UserId, String);
 /// A receipt waiting for its batch: who, where, up to what, and its reply.
@@ -190,6 +195,7 @@ impl Owner {
                     metrics: metrics.clone(),
                     max_batch,
                     last_seq: HashMap::new(),
+                    posted: Default::default(),
                 };
                 actix::spawn(owner.run(rx));
                 tx
@@ -350,8 +356,13 @@ impl Owner {
         }
         let error: Option<Error> = result.err().map(|f| f.error.into());
         let mut events = Vec::with_capacity(accepted.len());
+        let mut new_posters: Vec<MemberKey> = Vec::new();
         for (a, stored) in accepted.into_iter().zip(stored) {
             if stored {
+                let poster = (a.message.conversation_id, a.message.author_id);
+                if !self.posted.contains(&poster) && !new_posters.contains(&poster) {
+                    new_posters.push(poster);
+                }
                 Metrics::inc(&self.metrics.messages_stored_total);
                 let sent = Sent::of(&a.message);
                 for reply in a.replies {
@@ -367,7 +378,26 @@ impl Owner {
                 }
             }
         }
+        self.record_posters(&new_posters).await;
         self.publish(events).await;
+    }
+
+    /// Records first messages of authors in conversations (who may see whose presence). A
+    /// failure only delays presence sharing until the author's next message.
+    async fn record_posters(&mut self, new: &[MemberKey]) {
+        let store = &self.store;
+        let writes = new.iter().map(|&(c, u)| async move { (c, u, store.mark_posted(c, u).await) });
+        for (c, u, result) in futures_util::future::join_all(writes).await {
+            match result {
+                Ok(()) => {
+                    if self.posted.len() >= POSTED_MAX {
+                        self.posted.clear();
+                    }
+                    self.posted.insert((c, u));
+                }
+                Err(e) => tracing::warn!(error = %e, "could not record a poster"),
+            }
+        }
     }
 
     /// Applies a batch's receipts: checked, clamped to stored seqs, merged per (conversation,

@@ -46,7 +46,8 @@ pub async fn messages(
     id: web::Path<String>,
     query: web::Query<PageQuery>,
 ) -> ApiResult<HttpResponse> {
-    let id: ConversationId = id.parse().map_err(|_| Error::not_found("no such conversation"))?;
+    let id: ConversationId =
+        id.parse().map_err(|_| Error::bad_request("malformed conversation id (expected a UUID)"))?;
     let (messages, has_more) = node.reader.history(who.0.user_id, id, query.before, query.limit).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "messages": messages, "has_more": has_more })))
 }

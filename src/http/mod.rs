@@ -31,7 +31,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     }))
     .app_data(
         web::PathConfig::default()
-            .error_handler(|err, _| ApiError(Error::new(ErrorCode::NotFound, err.to_string())).into()),
+            .error_handler(|err, _| ApiError(Error::bad_request(format!("malformed path: {err}"))).into()),
     )
     .app_data(
         web::QueryConfig::default()

@@ -453,8 +453,8 @@ impl Session {
         let fut = async move {
             let mut allowed = Vec::new();
             for other in user_ids {
-                // Only people the caller shares a conversation with; others are ignored.
-                if other != user && conversations.share_a_conversation(user, other).await? {
+                // Only people who wrote to the caller in a shared conversation; others are ignored.
+                if other != user && conversations.may_watch_presence(user, other).await? {
                     allowed.push(other);
                 }
             }

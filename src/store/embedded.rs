@@ -47,6 +47,8 @@ struct Inner {
     device_seen: Keyspace,
     /// name → value: node-wide settings (the master key check)
     meta: Keyspace,
+    /// conversation_id ++ user_id → (): who has sent a message there
+    posters: Keyspace,
     /// Serialises read-modify-write operations.
     rmw: Mutex<()>,
 }
@@ -233,6 +235,7 @@ impl Inner {
             client_ids: ks("client_ids")?,
             device_seen: ks("device_seen")?,
             meta: ks("meta")?,
+            posters: ks("posters")?,
             rmw: Mutex::new(()),
             db,
         })
@@ -470,6 +473,20 @@ impl DirectoryStore for EmbeddedStore {
                 out.push(ConversationId::from_bytes(id_suffix(&key)?));
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn mark_posted(&self, conversation: ConversationId, user: UserId) -> StoreResult<()> {
+        self.blocking(move |s| {
+            s.posters.insert(key2(conversation.as_bytes(), user.as_bytes()), []).map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn has_posted(&self, conversation: ConversationId, user: UserId) -> StoreResult<bool> {
+        self.blocking(move |s| {
+            s.posters.contains_key(key2(conversation.as_bytes(), user.as_bytes())).map_err(unavailable)
         })
         .await
     }

@@ -77,6 +77,10 @@ pub trait DirectoryStore: Send + Sync + 'static {
     /// Members with their receipt watermarks.
     async fn members(&self, id: ConversationId) -> StoreResult<Vec<Member>>;
     async fn user_conversations(&self, user: UserId) -> StoreResult<Vec<ConversationId>>;
+    /// Records that `user` has sent a message in the conversation (idempotent).
+    async fn mark_posted(&self, conversation: ConversationId, user: UserId) -> StoreResult<()>;
+    /// Whether `user` has sent a message in the conversation.
+    async fn has_posted(&self, conversation: ConversationId, user: UserId) -> StoreResult<bool>;
 }
 
 /// An append that did not fully succeed. `stored` lists the indices (into the appended slice)

@@ -165,3 +165,44 @@ async fn flooding_is_throttled_then_disconnected() {
     // The connection was closed with 1008 (next_within returned None on close).
     assert!(pongs + limited < 40);
 }
+
+#[tokio::test]
+async fn rate_limit_strikes_are_forgiven_over_time() {
+    // 3 strikes allowed, one forgiven per 300 ms: a client that bursts over the limit now and
+    // then, 5 times over, is never disconnected — strikes do not pile up over its lifetime.
+    let server = Server::start_env(&[
+        ("SWITCHBOARD_RATE_PER_SEC", "5"),
+        ("SWITCHBOARD_RATE_BURST", "5"),
+        ("SWITCHBOARD_RATE_STRIKES", "3"),
+        ("SWITCHBOARD_RATE_STRIKE_DECAY_MS", "300"),
+    ])
+    .await;
+    let alice = server.api().register("alice").await;
+    let mut a = Ws::connect(&server, &alice).await;
+    let mut limited = 0;
+    for round in 0..5 {
+        // 7 frames at once: 5 pass, 2 are over the limit (2 strikes).
+        for i in 0..7 {
+            a.send(json!({"type":"ping","id":format!("r{round}p{i}")})).await;
+        }
+        for _ in 0..7 {
+            let frame = a.next().await;
+            if frame["type"] == "error" {
+                assert_eq!(frame["code"], "rate_limited");
+                limited += 1;
+            }
+        }
+        // The bucket refills and the strikes decay.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    assert!(limited >= 5, "the limit never applied ({limited})");
+    a.roundtrip().await;
+}
+
+#[tokio::test]
+async fn a_malformed_id_in_a_rest_path_is_400() {
+    let server = Server::start().await;
+    let alice = server.api().register("alice").await;
+    let (status, v) = server.api().get("/v1/conversations/not-a-uuid/messages", Some(&alice.token)).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (400, Some("bad_request")), "{v}");
+}

@@ -248,6 +248,10 @@ pub struct HostileClient {
     /// most, and at the end of the hostile phase (null when the connection was gone).
     pub server_send_queue_max_bytes: u64,
     pub server_send_queue_end_bytes: Option<u64>,
+    /// The server-side socket's TCP state at the end of the hostile phase (`ESTABLISHED`:
+    /// the server still holds the connection; `FIN_WAIT1`: it closed its side, and the FIN
+    /// waits behind the unsent data; null: gone).
+    pub server_tcp_state_end: Option<String>,
 }
 
 /// A check of S7 against what the server promises. One the run could not evaluate (its
@@ -681,18 +685,19 @@ fn slow_consumer_md(md: &mut String, s: &SlowConsumerResult) {
     }
     let _ = writeln!(
         md,
-        "\n| hostile | requests sent | ticks blocked | send side full after | server kernel send queue max / end (KiB) | closed by server after | how | close code |"
+        "\n| hostile | requests sent | ticks blocked | send side full after | server kernel send queue max / end (KiB) | server socket at end | closed by server after | how | close code |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
     for (i, h) in s.hostile.iter().enumerate() {
         let _ = writeln!(
             md,
-            "| {i} | {} | {} | {} | {} / {} | {} | {} | {} |",
+            "| {i} | {} | {} | {} | {} / {} | {} | {} | {} | {} |",
             h.requests_sent,
             h.requests_not_issued,
             opt_ms(h.send_blocked_after_ms),
             h.server_send_queue_max_bytes / 1024,
             h.server_send_queue_end_bytes.map_or("—".into(), |b| (b / 1024).to_string()),
+            h.server_tcp_state_end.as_deref().unwrap_or("gone"),
             if h.closed_by_server {
                 opt_ms(h.closed_after_ms)
             } else if h.dropped_at_rss_cap {

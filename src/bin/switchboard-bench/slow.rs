@@ -180,7 +180,8 @@ pub async fn run(sut: &Sut, plan: &SlowConsumer) -> Result<SlowConsumerResult, F
         .enumerate()
         .map(|(i, mut h)| {
             h.server_send_queue_max_bytes = trace.send_queue_max[i];
-            h.server_send_queue_end_bytes = trace.send_queue_at_until[i];
+            h.server_send_queue_end_bytes = trace.at_until_sockets[i].map(|s| s.send_queue);
+            h.server_tcp_state_end = trace.at_until_sockets[i].map(|s| s.state.to_owned());
             h
         })
         .collect();
@@ -481,9 +482,10 @@ struct RssTrace {
     cap_hit: bool,
     /// The server's CPU seconds at the first sample at or after the end of the phase.
     cpu_secs_at_until: Option<f64>,
-    /// Per hostile connection: its server-side kernel send queue, most and at the end.
+    /// Per hostile connection: its server-side kernel send queue at most, and its server-side
+    /// socket at the end.
     send_queue_max: Vec<u64>,
-    send_queue_at_until: Vec<Option<u64>>,
+    at_until_sockets: Vec<Option<target::TcpSocketInfo>>,
 }
 
 /// Samples the server's RSS (and kernel memory) every 100 ms, and the kernel send queues of
@@ -508,7 +510,7 @@ async fn sample_rss(
         cap_hit: false,
         cpu_secs_at_until: None,
         send_queue_max: vec![0; addrs.len()],
-        send_queue_at_until: vec![None; addrs.len()],
+        at_until_sockets: vec![None; addrs.len()],
     };
     // Bounded even if `done` never comes.
     let give_up = until + Duration::from_secs(120);
@@ -527,12 +529,12 @@ async fn sample_rss(
         }
         let at_until = t.at_until_kib.is_none() && now >= until;
         if i % 10 == 0 || at_until {
-            let queues = target::tcp_queues();
+            let sockets = target::tcp_sockets();
             for (j, pair) in addrs.iter().enumerate() {
-                let tx = pair.and_then(|p| queues.get(&p)).map(|(tx, _)| *tx);
-                t.send_queue_max[j] = t.send_queue_max[j].max(tx.unwrap_or(0));
+                let info = pair.and_then(|p| sockets.get(&p).copied());
+                t.send_queue_max[j] = t.send_queue_max[j].max(info.map_or(0, |i| i.send_queue));
                 if at_until {
-                    t.send_queue_at_until[j] = tx;
+                    t.at_until_sockets[j] = info;
                 }
             }
         }

@@ -116,13 +116,37 @@ pub fn cpu_secs(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// Bytes in the send and receive queues of every IPv4 TCP socket (`/proc/net/tcp`), by
-/// (local, remote) address: what the kernel holds for a connection outside any process's RSS.
-pub fn tcp_queues() -> HashMap<(SocketAddr, SocketAddr), (u64, u64)> {
+/// One IPv4 TCP socket as `/proc/net/tcp` shows it: what the kernel holds for a connection
+/// outside any process's RSS, and its state.
+#[derive(Clone, Copy, Debug)]
+pub struct TcpSocketInfo {
+    pub send_queue: u64,
+    pub recv_queue: u64,
+    pub state: &'static str,
+}
+
+/// Every IPv4 TCP socket (`/proc/net/tcp`), by (local, remote) address.
+pub fn tcp_sockets() -> HashMap<(SocketAddr, SocketAddr), TcpSocketInfo> {
     fn addr(hex: &str) -> Option<SocketAddr> {
         let (ip, port) = hex.split_once(':')?;
         let ip = Ipv4Addr::from(u32::from_str_radix(ip, 16).ok()?.to_le_bytes());
         Some(SocketAddr::new(ip.into(), u16::from_str_radix(port, 16).ok()?))
+    }
+    fn state(hex: &str) -> &'static str {
+        match hex {
+            "01" => "ESTABLISHED",
+            "02" => "SYN_SENT",
+            "03" => "SYN_RECV",
+            "04" => "FIN_WAIT1",
+            "05" => "FIN_WAIT2",
+            "06" => "TIME_WAIT",
+            "07" => "CLOSE",
+            "08" => "CLOSE_WAIT",
+            "09" => "LAST_ACK",
+            "0A" => "LISTEN",
+            "0B" => "CLOSING",
+            _ => "?",
+        }
     }
     let text = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
     text.lines()
@@ -132,7 +156,11 @@ pub fn tcp_queues() -> HashMap<(SocketAddr, SocketAddr), (u64, u64)> {
             let (tx, rx) = f.get(4)?.split_once(':')?;
             Some((
                 (addr(f.get(1)?)?, addr(f.get(2)?)?),
-                (u64::from_str_radix(tx, 16).ok()?, u64::from_str_radix(rx, 16).ok()?),
+                TcpSocketInfo {
+                    send_queue: u64::from_str_radix(tx, 16).ok()?,
+                    recv_queue: u64::from_str_radix(rx, 16).ok()?,
+                    state: state(f.get(3)?),
+                },
             ))
         })
         .collect()

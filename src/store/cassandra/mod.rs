@@ -697,6 +697,16 @@ impl DirectoryStore for CassandraStore {
             .map(|(id,)| ConversationId(id))
             .collect())
     }
+
+    async fn mark_posted(&self, conversation: ConversationId, user: UserId) -> StoreResult<()> {
+        let c = self.c()?;
+        c.run(&c.st.mark_posted, (conversation.0, user.0)).await
+    }
+
+    async fn has_posted(&self, conversation: ConversationId, user: UserId) -> StoreResult<bool> {
+        let c = self.c()?;
+        Ok(!c.rows::<(Uuid,)>(&c.st.has_posted, (conversation.0, user.0)).await?.is_empty())
+    }
 }
 
 #[async_trait]

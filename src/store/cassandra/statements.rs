@@ -15,6 +15,8 @@ pub(super) struct Statements {
     pub(super) delete_user: PreparedStatement,
     pub(super) delete_credentials: PreparedStatement,
     pub(super) touch_device: PreparedStatement,
+    pub(super) mark_posted: PreparedStatement,
+    pub(super) has_posted: PreparedStatement,
     pub(super) device_seen: PreparedStatement,
     pub(super) meta: PreparedStatement,
     pub(super) init_meta: PreparedStatement,
@@ -79,6 +81,12 @@ impl Statements {
             )
             .await?,
             device_seen: p(format!("SELECT at FROM {ks}.device_seen WHERE device_id = ?"), true).await?,
+            mark_posted: p(format!("INSERT INTO {ks}.posters (conversation_id, user_id) VALUES (?, ?)"), true).await?,
+            has_posted: p(
+                format!("SELECT user_id FROM {ks}.posters WHERE conversation_id = ? AND user_id = ?"),
+                true,
+            )
+            .await?,
             meta: p(format!("SELECT value FROM {ks}.meta WHERE key = ?"), true).await?,
             init_meta: p(format!("INSERT INTO {ks}.meta (key, value) VALUES (?, ?) IF NOT EXISTS"), false).await?,
             insert_user: p(format!("INSERT INTO {ks}.users (user_id, username, created_at) VALUES (?, ?, ?)"), true).await?,
