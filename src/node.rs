@@ -88,9 +88,13 @@ impl Node {
             None => {
                 // A first start, unless the store already has a check value (the key was lost).
                 match stores.meta.meta(KEY_CHECK).await {
-                    Ok(Some(_)) => return Err(StartError::KeyMissing { path: key_path.display().to_string() }),
+                    Ok(Some(_)) => {
+                        return Err(StartError::KeyMissing { path: key_path.display().to_string() });
+                    }
                     Ok(None) | Err(StoreError::Unavailable(_)) => {}
-                    Err(e) => return Err(StartError::Store { dir: data_dir.display().to_string(), source: e }),
+                    Err(e) => {
+                        return Err(StartError::Store { dir: data_dir.display().to_string(), source: e });
+                    }
                 }
                 let key = MasterKey::generate();
                 key.write_file(&data_dir).map_err(StartError::MasterKey)?;
@@ -110,7 +114,8 @@ impl Node {
         } else {
             // The store connects in the background (Cassandra): check once it answers; a
             // mismatch then stops the process, since nothing it stores would be readable.
-            let (meta, key, flag, path) = (stores.meta.clone(), master.clone(), key_checked.clone(), key_path.clone());
+            let (meta, key, flag, path) =
+                (stores.meta.clone(), master.clone(), key_checked.clone(), key_path.clone());
             actix::spawn(async move {
                 loop {
                     match verdict(check_key(meta.as_ref(), &key, &path).await, &path) {

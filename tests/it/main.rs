@@ -7,6 +7,7 @@
 //! - `hostile`: a client that never reads (bounded memory, closed in time), a user far behind
 //!   catching up through repeated sync rounds.
 //! - `master_key`: a lost or different master key is refused at start, naming the fix.
+//! - `owner_restart`: a panicking owner shard is restarted and counted (in-process).
 //! - `bad_input`: every bad input yields its error code or close code.
 //! - `login_limits`: login/registration rate limits, the bounded hash queue, token expiry.
 //! - `restart`: SIGKILL and SIGTERM: nothing acked is lost, seq continues gaplessly.
@@ -25,8 +26,9 @@ mod config_file;
 mod full_disk;
 mod harness;
 mod hostile;
-mod master_key;
 mod login_limits;
+mod master_key;
+mod owner_restart;
 mod presence_conformance;
 mod restart;
 mod store_conformance;

@@ -116,12 +116,11 @@ pub fn cpu_secs(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// One IPv4 TCP socket as `/proc/net/tcp` shows it: what the kernel holds for a connection
-/// outside any process's RSS, and its state.
+/// One IPv4 TCP socket as `/proc/net/tcp` shows it: the bytes the kernel holds in its send
+/// queue (outside any process's RSS), and its state.
 #[derive(Clone, Copy, Debug)]
 pub struct TcpSocketInfo {
     pub send_queue: u64,
-    pub recv_queue: u64,
     pub state: &'static str,
 }
 
@@ -153,14 +152,10 @@ pub fn tcp_sockets() -> HashMap<(SocketAddr, SocketAddr), TcpSocketInfo> {
         .skip(1)
         .filter_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
-            let (tx, rx) = f.get(4)?.split_once(':')?;
+            let (tx, _rx) = f.get(4)?.split_once(':')?;
             Some((
                 (addr(f.get(1)?)?, addr(f.get(2)?)?),
-                TcpSocketInfo {
-                    send_queue: u64::from_str_radix(tx, 16).ok()?,
-                    recv_queue: u64::from_str_radix(rx, 16).ok()?,
-                    state: state(f.get(3)?),
-                },
+                TcpSocketInfo { send_queue: u64::from_str_radix(tx, 16).ok()?, state: state(f.get(3)?) },
             ))
         })
         .collect()

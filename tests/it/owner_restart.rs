@@ -1,0 +1,140 @@
+//! An owner shard whose batch panics is restarted in place: the callers of that batch get an
+//! error they retry, `owner_restarts_total` counts it, and the next send is stored with the
+//! right seq. Runs the owner in-process over the embedded store with a wrapper whose first
+//! append panics.
+
+use async_trait::async_trait;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use switchboard::account::Identity;
+use switchboard::conversation::directory::Conversations;
+use switchboard::conversation::owner::{Owner, SendRequest};
+use switchboard::crypto::MasterKey;
+use switchboard::delivery::{Registry, Router};
+use switchboard::model::*;
+use switchboard::store::embedded::EmbeddedStore;
+use switchboard::store::presence::MemoryPresence;
+use switchboard::store::{AppendError, DirectoryStore, MessageLog, ReceiptStore, StoreResult};
+use switchboard::telemetry::Metrics;
+
+/// The embedded store, except that the first append panics.
+struct PanicsOnce {
+    inner: EmbeddedStore,
+    armed: AtomicBool,
+}
+
+#[async_trait]
+impl DirectoryStore for PanicsOnce {
+    async fn create_direct(&self, c: &Conversation) -> StoreResult<Conversation> {
+        self.inner.create_direct(c).await
+    }
+    async fn conversation(&self, id: ConversationId) -> StoreResult<Option<Conversation>> {
+        self.inner.conversation(id).await
+    }
+    async fn direct_between(&self, a: UserId, b: UserId) -> StoreResult<Option<ConversationId>> {
+        self.inner.direct_between(a, b).await
+    }
+    async fn members(&self, id: ConversationId) -> StoreResult<Vec<Member>> {
+        self.inner.members(id).await
+    }
+    async fn user_conversations(&self, user: UserId) -> StoreResult<Vec<ConversationId>> {
+        self.inner.user_conversations(user).await
+    }
+    async fn mark_posted(&self, c: ConversationId, u: UserId) -> StoreResult<()> {
+        self.inner.mark_posted(c, u).await
+    }
+    async fn has_posted(&self, c: ConversationId, u: UserId) -> StoreResult<bool> {
+        self.inner.has_posted(c, u).await
+    }
+}
+
+#[async_trait]
+impl MessageLog for PanicsOnce {
+    async fn last_seq(&self, id: ConversationId) -> StoreResult<u64> {
+        self.inner.last_seq(id).await
+    }
+    async fn append(&self, messages: &[StoredMessage]) -> Result<(), AppendError> {
+        assert!(!self.armed.swap(false, Ordering::SeqCst), "injected panic in append");
+        self.inner.append(messages).await
+    }
+    async fn message_by_client_id(
+        &self,
+        c: ConversationId,
+        a: UserId,
+        id: &str,
+    ) -> StoreResult<Option<StoredMessage>> {
+        self.inner.message_by_client_id(c, a, id).await
+    }
+    async fn messages_after(
+        &self,
+        c: ConversationId,
+        after: u64,
+        n: usize,
+    ) -> StoreResult<Vec<StoredMessage>> {
+        self.inner.messages_after(c, after, n).await
+    }
+    async fn messages_before(
+        &self,
+        c: ConversationId,
+        before: u64,
+        n: usize,
+    ) -> StoreResult<Vec<StoredMessage>> {
+        self.inner.messages_before(c, before, n).await
+    }
+    async fn ping(&self) -> StoreResult<()> {
+        self.inner.ping().await
+    }
+}
+
+#[async_trait]
+impl ReceiptStore for PanicsOnce {
+    async fn advance_watermarks(
+        &self,
+        c: ConversationId,
+        u: UserId,
+        to: Watermarks,
+    ) -> StoreResult<Option<(Watermarks, bool)>> {
+        self.inner.advance_watermarks(c, u, to).await
+    }
+}
+
+fn send(from: Identity, conversation_id: ConversationId, client_msg_id: &str) -> SendRequest {
+    SendRequest {
+        from,
+        conversation_id,
+        client_msg_id: client_msg_id.into(),
+        body: "hello".into(),
+        attachments: Vec::new(),
+    }
+}
+
+#[actix_rt::test]
+async fn a_panicking_shard_is_restarted_and_counted() {
+    use actix::Actor;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(PanicsOnce {
+        inner: EmbeddedStore::open(dir.path()).unwrap(),
+        armed: AtomicBool::new(true),
+    });
+    let conversations = Arc::new(Conversations::new(store.clone(), MasterKey::generate()));
+    let registry =
+        Registry::new("n1".into(), Arc::new(MemoryPresence::default()), std::time::Duration::from_secs(15))
+            .start();
+    let router = Router::new(registry).start();
+    let metrics = Arc::new(Metrics::default());
+    let owners = Owner::start(store.clone(), conversations.clone(), router, metrics.clone(), 64, 2);
+    let (alice, bob) = (UserId::generate(), UserId::generate());
+    let conversation = conversations.open_direct(alice, bob).await.unwrap().id;
+    let from = Identity { user_id: alice, device_id: DeviceId::generate() };
+
+    let first = owners.send(send(from, conversation, "c1")).unwrap().await;
+    assert!(first.is_err(), "the panicked batch's caller must not get `sent`");
+    assert_eq!(metrics.owner_restarts_total.load(Ordering::Relaxed), 1);
+    assert!(metrics.render().contains("switchboard_owner_restarts_total 1"));
+
+    // The retry (same client id) and a new send are stored, gapless from 1.
+    let retry = owners.send(send(from, conversation, "c1")).unwrap().await.unwrap().unwrap();
+    assert_eq!(retry.seq, 1);
+    let next = owners.send(send(from, conversation, "c2")).unwrap().await.unwrap().unwrap();
+    assert_eq!(next.seq, 2);
+}
