@@ -163,6 +163,9 @@ impl Default for LimitsConfig {
     }
 }
 
+/// The consistency levels `storage.cassandra_consistency` accepts.
+pub const CASSANDRA_CONSISTENCIES: [&str; 5] = ["one", "local_one", "quorum", "local_quorum", "all"];
+
 /// A configuration problem, always naming the key (or env var, or file) at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -227,8 +230,20 @@ impl Config {
         match self.storage.store_backend.as_str() {
             "embedded" => {}
             "cassandra" => {
-                crate::store::cassandra::CassandraConfig::from_storage(&self.storage)
-                    .map_err(|m| invalid("storage.cassandra_*", m))?;
+                let consistency = self.storage.cassandra_consistency.to_ascii_lowercase();
+                if !CASSANDRA_CONSISTENCIES.contains(&consistency.as_str()) {
+                    return Err(invalid(
+                        "storage.cassandra_consistency",
+                        format!(
+                            "unknown consistency {consistency:?} ({})",
+                            CASSANDRA_CONSISTENCIES.join(", ")
+                        ),
+                    ));
+                }
+                let keyspace = &self.storage.cassandra_keyspace;
+                if keyspace.is_empty() || !keyspace.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(invalid("storage.cassandra_keyspace", "must be [A-Za-z0-9_]+"));
+                }
                 if self.storage.cassandra_nodes.trim().is_empty() {
                     return Err(invalid("storage.cassandra_nodes", "name at least one host:port"));
                 }

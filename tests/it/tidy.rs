@@ -1,5 +1,6 @@
 //! Repository rules checked as tests: every source file opens with a `//!` header saying what
-//! it owns, and `.ci/run` runs exactly the README's test command.
+//! it owns, the library's top-level modules import each other without a cycle, and `.ci/run`
+//! runs exactly the README's test command.
 
 use std::path::{Path, PathBuf};
 
@@ -38,4 +39,64 @@ fn ci_runs_the_readme_test_command() {
         ci.lines().any(|l| l.trim() == format!("exec {command}") || l.trim() == command),
         ".ci/run must run `{command}`"
     );
+}
+
+/// The top-level modules of `src/` (a file or a folder) and the others each one names.
+fn module_imports(src: &Path) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let mut graph = std::collections::BTreeMap::<String, std::collections::BTreeSet<String>>::new();
+    for file in rust_files(src) {
+        let rel = file.strip_prefix(src).unwrap();
+        let first = rel.components().next().unwrap().as_os_str().to_string_lossy().into_owned();
+        if first == "bin" || first == "main.rs" || first == "lib.rs" {
+            continue;
+        }
+        let module = first.trim_end_matches(".rs").to_owned();
+        let text = std::fs::read_to_string(&file).unwrap();
+        let names = graph.entry(module.clone()).or_default();
+        for (i, _) in text.match_indices("crate::") {
+            let name: String =
+                text[i + 7..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            if !name.is_empty() && name != module {
+                names.insert(name);
+            }
+        }
+    }
+    graph
+}
+
+#[test]
+fn modules_import_each_other_without_a_cycle() {
+    let graph = module_imports(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
+    // Depth-first search; a node met again while on the path closes a cycle.
+    fn visit(
+        node: &str,
+        graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut std::collections::BTreeSet<String>,
+    ) {
+        if let Some(at) = path.iter().position(|n| n == node) {
+            panic!("import cycle: {} -> {node}", path[at..].join(" -> "));
+        }
+        if !done.insert(node.to_owned()) {
+            return;
+        }
+        path.push(node.to_owned());
+        for next in graph.get(node).into_iter().flatten() {
+            visit(next, graph, path, done);
+        }
+        path.pop();
+    }
+    let mut done = std::collections::BTreeSet::new();
+    for node in graph.keys() {
+        visit(node, &graph, &mut Vec::new(), &mut done);
+    }
+    // The layering the architecture promises: data flows edge → session → conversation → store.
+    for (low, high) in [
+        ("store", "conversation"),
+        ("conversation", "session"),
+        ("delivery", "session"),
+        ("delivery", "conversation"),
+    ] {
+        assert!(!graph.get(low).is_some_and(|n| n.contains(high)), "{low} must not import {high}");
+    }
 }

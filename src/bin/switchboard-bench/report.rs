@@ -320,6 +320,9 @@ pub struct SlowConsumerResult {
     /// close sessions whose connections the clients still saw open.
     pub server_slow_consumer_closes_phase: Option<u64>,
     pub server_slow_consumer_closes_total: Option<u64>,
+    /// When the server's count rose, seconds into the hostile phase (one entry per close;
+    /// resolution 0.5 s).
+    pub server_slow_consumer_close_times_secs: Vec<f64>,
     pub hostile_closed_after_ms_min: Option<u64>,
     pub hostile_closed_after_ms_max: Option<u64>,
     pub expectations: Vec<Check>,
@@ -674,9 +677,16 @@ fn slow_consumer_md(md: &mut String, s: &SlowConsumerResult) {
         (
             "slow-consumer closes the server counted (/metrics), hostile phase / until after release",
             format!(
-                "{} / {}",
+                "{} / {}{}",
                 s.server_slow_consumer_closes_phase.map_or("—".into(), |v| v.to_string()),
-                s.server_slow_consumer_closes_total.map_or("—".into(), |v| v.to_string())
+                s.server_slow_consumer_closes_total.map_or("—".into(), |v| v.to_string()),
+                if s.server_slow_consumer_close_times_secs.is_empty() {
+                    String::new()
+                } else {
+                    let times: Vec<String> =
+                        s.server_slow_consumer_close_times_secs.iter().map(|t| format!("{t:.1}")).collect();
+                    format!(" (counted at {} s into the phase)", times.join(", "))
+                }
             ),
         ),
     ];

@@ -128,6 +128,8 @@ pub async fn run(sut: &Sut, plan: &SlowConsumer) -> Result<SlowConsumerResult, F
     let flags = Arc::new(PhaseFlags::default());
     let sampler =
         tokio::spawn(sample_rss(sut.pid, phase_start, until, plan.rss_cap_kib, addrs, flags.clone()));
+    let watcher =
+        tokio::spawn(watch_closes(http.clone(), sut.http.clone(), closes_before, phase_start, flags.clone()));
     let interval = Duration::from_nanos(1_000_000_000 / plan.hostile_rate.max(1));
     let tasks: Vec<_> = stalled
         .into_iter()
@@ -188,6 +190,7 @@ pub async fn run(sut: &Sut, plan: &SlowConsumer) -> Result<SlowConsumerResult, F
     tokio::time::sleep(plan.settle).await;
     let rss_after_release = sut.rss_kib();
     let closes_after = target::metric(&http, &sut.http, SLOW_CONSUMER_METRIC).await;
+    let close_times = watcher.await?;
     let closes_since = |v: Option<f64>| Some((v? - closes_before?).max(0.0) as u64);
     for socket in pingers.iter_mut() {
         let _ = socket.close(None).await;
@@ -241,6 +244,7 @@ pub async fn run(sut: &Sut, plan: &SlowConsumer) -> Result<SlowConsumerResult, F
         hostile_closed: closed.len(),
         server_slow_consumer_closes_phase: closes_since(closes_at_end),
         server_slow_consumer_closes_total: closes_since(closes_after),
+        server_slow_consumer_close_times_secs: close_times,
         hostile_closed_after_ms_min: closed.iter().min().copied(),
         hostile_closed_after_ms_max: closed.iter().max().copied(),
         hostile,
@@ -457,6 +461,32 @@ async fn hostile_client(
         }
     }
     (r, Some(stream))
+}
+
+/// Polls the server's slow-consumer close count every 500 ms during the hostile phase (until
+/// `done`) and returns when it rose: one entry per counted close, seconds into the phase.
+async fn watch_closes(
+    http: reqwest::Client,
+    base: String,
+    before: Option<f64>,
+    start: Instant,
+    flags: Arc<PhaseFlags>,
+) -> Vec<f64> {
+    let mut times = Vec::new();
+    let Some(mut seen) = before else { return times };
+    while !flags.done.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let metric = target::metric(&http, &base, SLOW_CONSUMER_METRIC);
+        let Ok(Some(now)) = tokio::time::timeout(Duration::from_secs(2), metric).await else {
+            continue;
+        };
+        let at = (start.elapsed().as_secs_f64() * 10.0).round() / 10.0;
+        while seen < now {
+            times.push(at);
+            seen += 1.0;
+        }
+    }
+    times
 }
 
 /// Signals between the hostile phase's tasks.

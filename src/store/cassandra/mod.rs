@@ -82,7 +82,8 @@ impl CassandraConfig {
             "all" => Consistency::All,
             other => {
                 return Err(format!(
-                    "unknown consistency {other:?} (one, local_one, quorum, local_quorum, all)"
+                    "unknown consistency {other:?} ({})",
+                    crate::config::CASSANDRA_CONSISTENCIES.join(", ")
                 ));
             }
         };
