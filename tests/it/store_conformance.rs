@@ -342,6 +342,40 @@ async fn watermarks_never_regress() {
     }
 }
 
+#[tokio::test]
+async fn advance_many_answers_each_pair_in_order() {
+    for b in backends().await {
+        let (x, y) = (UserId::generate(), UserId::generate());
+        let c = b.chat.create_direct(&direct(x, y)).await.unwrap().id;
+        let up = |d, r| Watermarks { delivered_seq: d, read_seq: r };
+        b.chat.advance_watermarks(c, y, up(4, 4)).await.unwrap();
+        let stranger = UserId::generate();
+        let out = b
+            .chat
+            .advance_many(&[(c, x, up(0, 3)), (c, y, up(2, 2)), (c, stranger, up(1, 1))])
+            .await
+            .unwrap();
+        assert_eq!(out, vec![Some((up(3, 3), true)), Some((up(4, 4), false)), None], "{}", b.name);
+        let mine = b.chat.members(c).await.unwrap().into_iter().find(|m| m.user_id == x).unwrap();
+        assert_eq!(mine.watermarks, up(3, 3), "{}", b.name);
+    }
+}
+
+#[tokio::test]
+async fn posters_are_recorded_per_conversation() {
+    for b in backends().await {
+        let (x, y) = (UserId::generate(), UserId::generate());
+        let c = b.chat.create_direct(&direct(x, y)).await.unwrap().id;
+        assert!(!b.chat.has_posted(c, x).await.unwrap(), "{}", b.name);
+        b.chat.mark_posted(c, x).await.unwrap();
+        b.chat.mark_posted(c, x).await.unwrap();
+        assert!(b.chat.has_posted(c, x).await.unwrap(), "{}", b.name);
+        assert!(!b.chat.has_posted(c, y).await.unwrap(), "{}", b.name);
+        let other = b.chat.create_direct(&direct(x, UserId::generate())).await.unwrap().id;
+        assert!(!b.chat.has_posted(other, x).await.unwrap(), "{}", b.name);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_watermark_updates_keep_the_maximum() {
     for b in backends().await {

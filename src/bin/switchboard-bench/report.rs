@@ -321,8 +321,10 @@ pub struct SlowConsumerResult {
     pub server_slow_consumer_closes_phase: Option<u64>,
     pub server_slow_consumer_closes_total: Option<u64>,
     /// When the server's count rose, seconds into the hostile phase (one entry per close;
-    /// resolution 0.5 s).
+    /// resolution 0.5 s), up to a pause after the hostile connections were dropped.
     pub server_slow_consumer_close_times_secs: Vec<f64>,
+    /// When the generator dropped the hostile connections, seconds into the hostile phase.
+    pub hostile_dropped_at_secs: f64,
     pub hostile_closed_after_ms_min: Option<u64>,
     pub hostile_closed_after_ms_max: Option<u64>,
     pub expectations: Vec<Check>,
@@ -685,7 +687,11 @@ fn slow_consumer_md(md: &mut String, s: &SlowConsumerResult) {
                 } else {
                     let times: Vec<String> =
                         s.server_slow_consumer_close_times_secs.iter().map(|t| format!("{t:.1}")).collect();
-                    format!(" (counted at {} s into the phase)", times.join(", "))
+                    format!(
+                        " (counted at {} s into the phase; hostile connections dropped at {:.1} s)",
+                        times.join(", "),
+                        s.hostile_dropped_at_secs
+                    )
                 }
             ),
         ),

@@ -176,6 +176,7 @@ pub async fn run(sut: &Sut, plan: &SlowConsumer) -> Result<SlowConsumerResult, F
         .await;
     // Every hostile connection is dropped here (the streams went with the futures).
     flags.done.store(true, Ordering::Relaxed);
+    let dropped_at = phase_start.elapsed().as_secs_f64();
     let trace = sampler.await?;
     let hostile: Vec<HostileClient> = hostile
         .into_iter()
@@ -190,6 +191,7 @@ pub async fn run(sut: &Sut, plan: &SlowConsumer) -> Result<SlowConsumerResult, F
     tokio::time::sleep(plan.settle).await;
     let rss_after_release = sut.rss_kib();
     let closes_after = target::metric(&http, &sut.http, SLOW_CONSUMER_METRIC).await;
+    flags.released.store(true, Ordering::Relaxed);
     let close_times = watcher.await?;
     let closes_since = |v: Option<f64>| Some((v? - closes_before?).max(0.0) as u64);
     for socket in pingers.iter_mut() {
@@ -245,6 +247,7 @@ pub async fn run(sut: &Sut, plan: &SlowConsumer) -> Result<SlowConsumerResult, F
         server_slow_consumer_closes_phase: closes_since(closes_at_end),
         server_slow_consumer_closes_total: closes_since(closes_after),
         server_slow_consumer_close_times_secs: close_times,
+        hostile_dropped_at_secs: (dropped_at * 10.0).round() / 10.0,
         hostile_closed_after_ms_min: closed.iter().min().copied(),
         hostile_closed_after_ms_max: closed.iter().max().copied(),
         hostile,
@@ -463,8 +466,9 @@ async fn hostile_client(
     (r, Some(stream))
 }
 
-/// Polls the server's slow-consumer close count every 500 ms during the hostile phase (until
-/// `done`) and returns when it rose: one entry per counted close, seconds into the phase.
+/// Polls the server's slow-consumer close count every 500 ms from the start of the hostile
+/// phase until `released` and returns when it rose: one entry per counted close, seconds into
+/// the phase.
 async fn watch_closes(
     http: reqwest::Client,
     base: String,
@@ -474,7 +478,7 @@ async fn watch_closes(
 ) -> Vec<f64> {
     let mut times = Vec::new();
     let Some(mut seen) = before else { return times };
-    while !flags.done.load(Ordering::Relaxed) {
+    while !flags.released.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let metric = target::metric(&http, &base, SLOW_CONSUMER_METRIC);
         let Ok(Some(now)) = tokio::time::timeout(Duration::from_secs(2), metric).await else {
@@ -498,6 +502,8 @@ struct PhaseFlags {
     captured: AtomicBool,
     /// Set when the hostile connections are gone: the sampler stops.
     done: AtomicBool,
+    /// Set after the pause that follows: the close watcher stops.
+    released: AtomicBool,
 }
 
 /// The server's memory over the hostile phase.
