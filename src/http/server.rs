@@ -41,6 +41,7 @@ impl Server {
         let addr = config.server.http_addr.clone();
         let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(super::configure))
             .workers(workers)
+            .on_connect(keep_socket)
             .disable_signals()
             .shutdown_timeout(config.server.shutdown_timeout_ms.div_ceil(1000))
             .bind(&addr)
@@ -70,6 +71,17 @@ impl Server {
         self.handle.stop(true).await;
         self.task.await.map_err(|e| std::io::Error::other(e.to_string()))??;
         Ok(())
+    }
+}
+
+/// Keeps a duplicate of each connection's descriptor in its connection data, so a session can
+/// abort a connection whose client stopped reading (`session::outbox::Outbox::abort`).
+fn keep_socket(connection: &dyn std::any::Any, data: &mut actix_web::dev::Extensions) {
+    use std::os::fd::AsFd;
+    if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>()
+        && let Ok(fd) = tcp.as_fd().try_clone_to_owned()
+    {
+        data.insert(crate::session::outbox::Socket(Arc::new(fd)));
     }
 }
 

@@ -5,7 +5,7 @@
 use super::{ApiError, ApiResult, NodeData, bearer_token};
 use crate::error::{Error, ErrorCode};
 use crate::session::Session;
-use crate::session::outbox::{Outbox, OutboxBody};
+use crate::session::outbox::{Outbox, OutboxBody, Socket};
 use actix_web::body::{BodyStream, MessageBody};
 use actix_web::{HttpRequest, HttpResponse, web};
 
@@ -22,7 +22,8 @@ pub async fn upgrade(req: HttpRequest, body: web::Payload, node: NodeData) -> Ap
     let deps = node.sessions.clone();
     let max = deps.websocket.max_frame_bytes as usize;
     let stream = stream.max_frame_size(max).aggregate_continuations().max_continuation_size(max);
-    let outbox = Outbox::new(deps.websocket.outbound_bytes as usize);
+    let socket = req.conn_data::<Socket>().cloned();
+    let outbox = Outbox::new(deps.websocket.outbound_bytes as usize, socket);
     // actix-ws's own body (fed by `_sender`, which is dropped) is replaced by the outbox; it is
     // kept inside ours, unpolled, because dropping it tells the request stream the connection
     // ended.

@@ -115,7 +115,7 @@ impl Session {
         Metrics::inc(&self.deps.metrics.frames_out_total);
         match self.outbox.push(Frame::Text(text)) {
             Ok(()) => {}
-            Err(PushError::Full) => self.slow_consumer(ctx),
+            Err(PushError::Full) => self.slow_consumer(false, ctx),
             Err(PushError::Closed) => {
                 self.closing = true;
                 ctx.stop();
@@ -123,11 +123,23 @@ impl Session {
         }
     }
 
-    /// The client stopped reading: drop its queue and close at once; it resyncs later.
-    fn slow_consumer(&mut self, ctx: &mut Context<Self>) {
+    /// The client is not keeping up: drop its queue and close (4008); it resyncs later. If it
+    /// is not reading at all (`stalled`), the connection is reset at once; otherwise the close
+    /// frame is queued and the watchdog in `stopped` resets it if that does not drain.
+    fn slow_consumer(&mut self, stalled: bool, ctx: &mut Context<Self>) {
         Metrics::inc(&self.deps.metrics.slow_consumers_closed_total);
-        tracing::info!(session = self.id, queued = self.outbox.queued(), "client is not reading; closing");
-        self.outbox.kill(close_reason(close_code::SLOW_CONSUMER, "too slow: reconnect and sync"));
+        tracing::info!(
+            session = self.id,
+            queued = self.outbox.queued(),
+            stalled,
+            "client is not reading; closing"
+        );
+        let reason = close_reason(close_code::SLOW_CONSUMER, "too slow: reconnect and sync");
+        if stalled {
+            self.outbox.abort(reason);
+        } else {
+            self.outbox.kill(reason);
+        }
         self.closing = true;
         ctx.stop();
     }
@@ -499,7 +511,7 @@ impl Actor for Session {
             } else if !act.closing {
                 match act.outbox.push(Frame::Ping) {
                     Ok(()) => {}
-                    Err(PushError::Full) => act.slow_consumer(ctx),
+                    Err(PushError::Full) => act.slow_consumer(false, ctx),
                     Err(PushError::Closed) => ctx.stop(),
                 }
             }
@@ -507,7 +519,7 @@ impl Actor for Session {
         let stall = Duration::from_millis(self.deps.websocket.write_stall_ms);
         ctx.run_interval(STALL_CHECK.min(stall), move |act, ctx| {
             if !act.closing && act.outbox.stalled_for(Instant::now()) > stall {
-                act.slow_consumer(ctx);
+                act.slow_consumer(true, ctx);
             }
         });
         match self.identity.take() {
@@ -526,6 +538,16 @@ impl Actor for Session {
     fn stopped(&mut self, _: &mut Context<Self>) {
         // Ends the response body after what is queued (a no-op when already closing).
         self.outbox.close(close_reason(1000, "bye"));
+        // Watchdog: a client that stops reading now would keep the connection open forever
+        // (actix-http waits to flush); reset it if the body has not ended in time.
+        let (outbox, stall) =
+            (self.outbox.clone(), Duration::from_millis(self.deps.websocket.write_stall_ms));
+        actix::spawn(async move {
+            actix::clock::sleep(stall).await;
+            if !outbox.finished() {
+                outbox.abort(close_reason(close_code::SLOW_CONSUMER, "too slow"));
+            }
+        });
         if self.registered {
             self.deps.registry.do_send(Disconnect { session: self.id });
             self.deps.metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
@@ -547,7 +569,7 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Session {
             }
             Ok(AggregatedMessage::Ping(payload)) => {
                 if self.outbox.push(Frame::Pong(payload)) == Err(PushError::Full) {
-                    self.slow_consumer(ctx);
+                    self.slow_consumer(false, ctx);
                 }
             }
             Ok(AggregatedMessage::Pong(_)) => {}

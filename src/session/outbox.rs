@@ -11,8 +11,11 @@
 //!   the server produce more output; its own sends wait in its TCP buffer (back-pressure).
 //!
 //! The session checks [`Outbox::stalled_for`] on a timer: a queue that has not moved for
-//! `websocket.write_stall_ms` means the client stopped reading, and it is closed, its queue
-//! freed at once.
+//! `websocket.write_stall_ms` means the client stopped reading. A close frame cannot reach such
+//! a client (its TCP window is shut and actix-http waits forever to flush), so the connection
+//! is aborted: linger 0 and `shutdown` on the socket ([`Socket`], a duplicate of the
+//! connection's descriptor taken when it was accepted), which makes the kernel reset it and
+//! free its buffers, and actix-http drop it.
 
 use actix_codec::Encoder;
 use actix_http::ws::{Codec, Message};
@@ -85,15 +88,44 @@ impl State {
     }
 }
 
+/// The connection's socket (a duplicate descriptor), kept to abort a connection that stopped
+/// reading. Stored in the connection data by `Server::bind`'s `on_connect`.
+#[derive(Clone)]
+pub struct Socket(pub Arc<std::os::fd::OwnedFd>);
+
 pub struct Outbox {
     state: Mutex<State>,
     limit: usize,
     hard_limit: usize,
+    socket: Mutex<Option<Socket>>,
 }
 
 impl Outbox {
-    pub fn new(limit: usize) -> Arc<Outbox> {
-        Arc::new(Outbox { state: Mutex::default(), limit, hard_limit: limit.saturating_mul(2) })
+    pub fn new(limit: usize, socket: Option<Socket>) -> Arc<Outbox> {
+        Arc::new(Outbox {
+            state: Mutex::default(),
+            limit,
+            hard_limit: limit.saturating_mul(2),
+            socket: Mutex::new(socket),
+        })
+    }
+
+    /// Drops the queue and resets the connection at once (the client is not reading, so no
+    /// close frame could reach it). Without a socket handle it falls back to `kill`.
+    pub fn abort(&self, reason: CloseReason) {
+        self.kill(reason);
+        let socket = self.socket.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(Socket(fd)) = socket {
+            let sock = socket2::SockRef::from(fd.as_ref());
+            let _ = sock.set_linger(Some(Duration::ZERO));
+            let _ = sock.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Whether the response body has ended or gone (the connection is done with).
+    pub fn finished(&self) -> bool {
+        let s = self.lock();
+        s.gone || (s.closed && s.frames.is_empty() && s.writer.is_none())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -313,7 +345,7 @@ mod tests {
 
     #[test]
     fn replies_fill_to_the_limit_events_to_the_hard_limit() {
-        let outbox = Outbox::new(1000);
+        let outbox = Outbox::new(1000, None);
         outbox.push(text(900)).unwrap();
         assert!(outbox.has_room());
         outbox.push(text(900)).unwrap();
@@ -323,7 +355,7 @@ mod tests {
 
     #[test]
     fn reservations_count_against_the_limit() {
-        let outbox = Outbox::new(1000);
+        let outbox = Outbox::new(1000, None);
         outbox.reserve(1000);
         assert!(!outbox.has_room());
         outbox.release(1000);
@@ -332,7 +364,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_body_drains_and_ends_after_close() {
-        let outbox = Outbox::new(1 << 20);
+        let outbox = Outbox::new(1 << 20, None);
         let mut body = OutboxBody::new(outbox.clone(), Box::new(()));
         outbox.push(text(10)).unwrap();
         outbox.close(CloseReason { code: actix_ws::CloseCode::Normal, description: None });
@@ -347,7 +379,7 @@ mod tests {
 
     #[test]
     fn a_stalled_queue_is_seen_and_kill_frees_it() {
-        let outbox = Outbox::new(1 << 20);
+        let outbox = Outbox::new(1 << 20, None);
         outbox.push(text(100_000)).unwrap();
         let later = Instant::now() + Duration::from_secs(5);
         assert!(outbox.stalled_for(later) >= Duration::from_secs(4));

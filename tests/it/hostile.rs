@@ -68,8 +68,11 @@ async fn a_client_that_never_reads_is_bounded_and_closed_and_others_keep_pinging
     // Each hostile client sends its requests from a task of its own (the server stops reading
     // them once their output is full, and then those sends block) and never reads.
     let mut hostile = Vec::new();
+    let mut looks = Vec::new();
     for _ in 0..HOSTILE {
         let mut ws = non_reading_client(&server, &bob).await;
+        let (looking, look) = tokio::sync::oneshot::channel::<()>();
+        looks.push(looking);
         let conversation = conversation.clone();
         hostile.push(tokio::spawn(async move {
             for i in 0..REQUESTS {
@@ -79,9 +82,19 @@ async fn a_client_that_never_reads_is_bounded_and_closed_and_others_keep_pinging
                     break;
                 }
             }
-            // Hold the socket open, unread, until the test ends.
-            tokio::time::sleep(Duration::from_secs(60)).await;
-            drop(ws);
+            // Still unread when the test looks: the server must have reset the connection
+            // (reading now would let a graceful close through, so the socket's error is checked).
+            let _ = look.await;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                if let Ok(Some(_)) = ws.get_ref().take_error() {
+                    return true;
+                }
+                if Instant::now() > deadline {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }));
     }
     let started = Instant::now();
@@ -125,8 +138,12 @@ async fn a_client_that_never_reads_is_bounded_and_closed_and_others_keep_pinging
         after_kib.saturating_sub(base_kib) / 1024 < bound_mib,
         "memory was not freed after the slow consumers were closed"
     );
+    // The connections are really gone, not just counted: each client reads to its end.
+    for looking in looks {
+        let _ = looking.send(());
+    }
     for task in hostile {
-        task.abort();
+        assert!(task.await.unwrap(), "a non-reading client's connection was left open");
     }
 }
 
@@ -189,7 +206,8 @@ async fn a_user_far_behind_catches_up_by_repeated_sync_with_live_messages_exactl
                     .await;
             }
             for _ in 0..WAITING {
-                ws.expect("sent").await;
+                let frame = ws.next().await;
+                assert_eq!(frame["type"], "sent", "{frame}");
             }
             ws
         }
