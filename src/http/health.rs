@@ -12,12 +12,11 @@ pub async fn readyz(node: NodeData) -> HttpResponse {
     if node.is_draining() {
         return HttpResponse::ServiceUnavailable().json(serde_json::json!({ "status": "draining" }));
     }
-    if !node.key_checked() {
-        return HttpResponse::ServiceUnavailable().json(
-            serde_json::json!({ "status": "store unavailable", "detail": "master key not checked yet" }),
-        );
-    }
     match node.stores.chat.ping().await {
+        // The store answers, but the master key's check against it has not run yet.
+        Ok(()) if !node.key_checked() => HttpResponse::ServiceUnavailable().json(
+            serde_json::json!({ "status": "starting", "detail": "checking the master key against the store" }),
+        ),
         Ok(()) => HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })),
         Err(e) => HttpResponse::ServiceUnavailable()
             .json(serde_json::json!({ "status": "store unavailable", "detail": e.to_string() })),
