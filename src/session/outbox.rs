@@ -122,10 +122,11 @@ impl Outbox {
         }
     }
 
-    /// Whether the response body has ended or gone (the connection is done with).
+    /// Whether actix-http has dropped the response body: the connection is done with. (A
+    /// body that has returned its last frame but is still held is not: actix may be stuck
+    /// flushing that frame to a client that does not read.)
     pub fn finished(&self) -> bool {
-        let s = self.lock();
-        s.gone || (s.closed && s.frames.is_empty() && s.writer.is_none())
+        self.lock().gone
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
