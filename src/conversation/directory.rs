@@ -147,30 +147,29 @@ impl Conversations {
         self.remember(stored)
     }
 
-    /// Whether `watcher` may see `watched`'s presence: they share a conversation in which
-    /// `watched` has sent a message. Opening a direct conversation with a stranger is not
-    /// enough to watch when they are online; their first message there is.
-    pub async fn may_watch_presence(&self, watcher: UserId, watched: UserId) -> Result<bool> {
-        if watcher == watched {
-            return Ok(true);
-        }
-        let mut shared = Vec::new();
-        if let Some(id) = self.store.direct_between(watcher, watched).await? {
-            shared.push(id);
-        }
+    /// Which of `candidates` `watcher` may see the presence of: those who have sent a message
+    /// in a conversation they share with `watcher`. Opening a direct conversation with a
+    /// stranger is not enough to watch when they are online; their first message there is.
+    /// Reads the watcher's conversations once, whatever the number of candidates.
+    pub async fn watchable(&self, watcher: UserId, candidates: &[UserId]) -> Result<Vec<UserId>> {
+        let mut shared: Vec<Arc<ConversationInfo>> = Vec::new();
         for id in self.store.user_conversations(watcher).await? {
-            if !shared.contains(&id)
-                && let Some(info) = self.get(id).await?
-                && info.is_member(watched)
-            {
-                shared.push(id);
+            if let Some(info) = self.get(id).await? {
+                shared.push(info);
             }
         }
-        for id in shared {
-            if self.store.has_posted(id, watched).await? {
-                return Ok(true);
+        let mut out = Vec::new();
+        for &user in candidates {
+            if user == watcher || out.contains(&user) {
+                continue;
+            }
+            for info in shared.iter().filter(|info| info.is_member(user)) {
+                if self.store.has_posted(info.id, user).await? {
+                    out.push(user);
+                    break;
+                }
             }
         }
-        Ok(false)
+        Ok(out)
     }
 }

@@ -463,13 +463,8 @@ impl Session {
         let registry = self.deps.registry.clone();
         let session = self.id;
         let fut = async move {
-            let mut allowed = Vec::new();
-            for other in user_ids {
-                // Only people who wrote to the caller in a shared conversation; others are ignored.
-                if other != user && conversations.may_watch_presence(user, other).await? {
-                    allowed.push(other);
-                }
-            }
+            // Only people who wrote to the caller in a shared conversation; others are ignored.
+            let allowed = conversations.watchable(user, &user_ids).await?;
             registry
                 .send(Subscribe { session, users: allowed })
                 .await
