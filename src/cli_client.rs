@@ -129,9 +129,14 @@ async fn chat(args: ChatArgs) -> Result<(), Failure> {
                         tx.send(Message::text(read.to_string())).await?;
                     }
                     "history" => {
+                        let mut last = 0;
                         for m in v["messages"].as_array().into_iter().flatten() {
                             println!("[{}] {}: {}", m["seq"], name(m["author_id"].as_str().unwrap_or("")), m["body"].as_str().unwrap_or(""));
+                            last = m["seq"].as_u64().unwrap_or(last);
                         }
+                        // From here on: what arrived meanwhile, then live messages.
+                        let sync = json!({"type":"sync","cursors":{conversation.as_str(): last}});
+                        tx.send(Message::text(sync.to_string())).await?;
                     }
                     "sent" => println!("  ✓ stored as #{}", v["seq"]),
                     "receipt" if v["user_id"].as_str() != Some(&me) => println!("  ✓✓ {} read up to #{}", args.to, v["read_seq"]),

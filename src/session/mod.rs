@@ -260,7 +260,7 @@ impl Session {
             ClientFrame::Typing { conversation_id, active } => {
                 self.on_typing(identity.user_id, id, conversation_id, active, ctx);
             }
-            ClientFrame::Sync { cursors, limit } => self.on_sync(identity.user_id, id, cursors, limit, ctx),
+            ClientFrame::Sync { cursors, limit } => self.on_sync(id, cursors, limit, ctx),
             ClientFrame::History { conversation_id, before, limit } => {
                 let history = self.deps.history.clone();
                 let reply_id = id.clone();
@@ -342,6 +342,7 @@ impl Session {
             match res.unwrap_or_else(|_| Err(Error::new(ErrorCode::Unavailable, "the owner stopped; retry")))
             {
                 Ok(sent) => {
+                    act.tracker.borrow_mut().sent(sent.conversation_id, sent.seq);
                     let frame = ServerFrame::Sent {
                         id,
                         client_msg_id: sent.client_msg_id,
@@ -416,26 +417,17 @@ impl Session {
 
     fn on_sync(
         &mut self,
-        user: UserId,
         id: Option<String>,
         cursors: std::collections::BTreeMap<ConversationId, u64>,
         limit: Option<u32>,
         ctx: &mut Context<Self>,
     ) {
         let limit = limit.unwrap_or(SYNC_LIMIT_DEFAULT).clamp(1, self.deps.limits.sync_limit_max) as usize;
-        let request = SyncRequest { id, cursors, limit };
+        let request = SyncRequest { id, cursors, limit, only: None };
         let start = self.tracker.borrow_mut().enqueue(request);
         match start {
             Ok(false) => {}
-            Ok(true) => {
-                let cx = SyncContext {
-                    user,
-                    history: self.deps.history.clone(),
-                    outbox: self.outbox.clone(),
-                    round_max: self.deps.limits.sync_round_max as usize,
-                };
-                actix::spawn(sync::run(self.tracker.clone(), cx));
-            }
+            Ok(true) => self.start_sync_runner(),
             Err(request) => {
                 let e =
                     Error::new(ErrorCode::RateLimited, "too many sync requests waiting; wait for sync_done");
@@ -480,6 +472,18 @@ impl Session {
         }));
     }
 
+    /// Starts the task that runs this session's queued sync rounds and fills.
+    fn start_sync_runner(&mut self) {
+        let Some(identity) = self.identity else { return };
+        let cx = SyncContext {
+            user: identity.user_id,
+            history: self.deps.history.clone(),
+            outbox: self.outbox.clone(),
+            round_max: self.deps.limits.sync_round_max as usize,
+        };
+        actix::spawn(sync::run(self.tracker.clone(), cx));
+    }
+
     fn push_live(
         &mut self,
         conversation_id: ConversationId,
@@ -488,8 +492,14 @@ impl Session {
         ctx: &mut Context<Self>,
     ) {
         let decided = self.tracker.borrow_mut().live(conversation_id, seq, text);
-        if let Some(text) = decided {
-            self.push(text, ctx);
+        match decided {
+            sync::Live::Push(text) => self.push(text, ctx),
+            sync::Live::Skip => {}
+            sync::Live::Fill(conversation) => {
+                if self.tracker.borrow_mut().enqueue_fill(conversation) {
+                    self.start_sync_runner();
+                }
+            }
         }
     }
 }

@@ -6,14 +6,21 @@
 //! `sync_done` with `has_more` (the client syncs again from its new cursors). Rounds of one
 //! session run one after another.
 //!
-//! While a round runs, each of the user's conversations is in a phase that decides what a live
+//! Live messages are pushed only in order, with no gap, from a point this connection knows the
+//! client holds (`pushed`): set when a round reads the conversation to its end (the client's
+//! cursor, or what the round sent), or by a conversation's first message. A live message of a
+//! conversation whose position is unknown is not pushed (clients sync after connecting); one
+//! that would leave a gap (a stored message that was never published, e.g. after a crash
+//! between append and publish) starts a silent one-conversation round — a *fill* — that reads
+//! the gap from the store, so nothing is lost, doubled or reordered.
+//!
+//! While a round runs, each conversation it covers is in a phase that decides what a live
 //! message of it does ([`Tracker::live`]):
 //! - *pending* (not read yet): dropped — it is stored before it is published, so the round
 //!   will read it;
 //! - *reading*: held, and pushed after the round's pages of that conversation (if newer);
 //! - *behind* (the round stopped before the end of it): dropped — the client was told
-//!   `has_more` and syncs again; this lasts until a round reads it to the end;
-//! - otherwise: pushed, unless this session already pushed that seq.
+//!   `has_more` and syncs again; this lasts until a round reads it to the end.
 
 use super::outbox::{Frame, Outbox, PushError};
 use crate::conversation::history::HistoryReader;
@@ -32,12 +39,26 @@ const QUEUED_ROUNDS_MAX: usize = 4;
 /// left `behind` (the client syncs it again) instead of holding more.
 const HELD_BYTES_MAX: usize = 1 << 20;
 
-/// One `sync` request.
+/// One `sync` request, or a fill.
 pub struct SyncRequest {
     pub id: Option<String>,
     pub cursors: BTreeMap<ConversationId, u64>,
     /// Messages per conversation in this round.
     pub limit: usize,
+    /// A fill: only this conversation, from what was pushed, and no `sync_done`.
+    pub only: Option<ConversationId>,
+}
+
+/// Messages one fill reads before it queues the next.
+const FILL_LIMIT: usize = 500;
+
+/// What to do with a live message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Live {
+    Push(ByteString),
+    Skip,
+    /// It would leave a gap: queue a fill of this conversation (see the module doc).
+    Fill(ConversationId),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,10 +81,10 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    /// What to do with a live message: `Some(text)` to push it now, `None` to skip it.
-    pub fn live(&mut self, conversation: ConversationId, seq: u64, text: ByteString) -> Option<ByteString> {
+    /// What to do with a live message.
+    pub fn live(&mut self, conversation: ConversationId, seq: u64, text: ByteString) -> Live {
         match self.phase.get(&conversation) {
-            Some(Phase::Pending | Phase::Behind) => None,
+            Some(Phase::Pending | Phase::Behind) => Live::Skip,
             Some(Phase::Reading) => {
                 if self.held_bytes + text.len() > HELD_BYTES_MAX {
                     self.phase.insert(conversation, Phase::Behind);
@@ -72,17 +93,56 @@ impl Tracker {
                     self.held_bytes += text.len();
                     self.held.push((conversation, seq, text));
                 }
-                None
+                Live::Skip
             }
-            None => {
-                let pushed = self.pushed.entry(conversation).or_default();
-                if seq <= *pushed {
-                    return None;
+            None => match self.pushed.get_mut(&conversation) {
+                // Where the client is in this conversation is unknown until it syncs it; its
+                // first message is the exception (nothing can come before it).
+                None if seq == 1 => {
+                    self.pushed.insert(conversation, 1);
+                    Live::Push(text)
                 }
-                *pushed = seq;
-                Some(text)
-            }
+                None => Live::Skip,
+                Some(pushed) if seq <= *pushed => Live::Skip,
+                Some(pushed) if seq == *pushed + 1 => {
+                    *pushed = seq;
+                    Live::Push(text)
+                }
+                Some(_) => {
+                    self.phase.insert(conversation, Phase::Pending);
+                    Live::Fill(conversation)
+                }
+            },
         }
+    }
+
+    /// This connection sent message `seq` itself (its client got `sent`, not the message): the
+    /// client holds it, so when it directly follows what was pushed it moves the known point.
+    pub fn sent(&mut self, conversation: ConversationId, seq: u64) {
+        match self.pushed.get_mut(&conversation) {
+            Some(pushed) if seq == *pushed + 1 => *pushed = seq,
+            None if seq == 1 => {
+                self.pushed.insert(conversation, 1);
+            }
+            _ => {}
+        }
+    }
+
+    /// Queues a fill of the conversation (unless one is queued); returns whether the caller
+    /// must start the runner.
+    pub fn enqueue_fill(&mut self, conversation: ConversationId) -> bool {
+        if self.queue.iter().any(|r| r.only == Some(conversation)) {
+            return false;
+        }
+        self.queue.push_back(SyncRequest {
+            id: None,
+            cursors: BTreeMap::new(),
+            limit: FILL_LIMIT,
+            only: Some(conversation),
+        });
+        let start = !self.running;
+        self.running = true;
+        start
     }
 
     fn drop_held(&mut self, conversation: ConversationId) {
@@ -93,7 +153,7 @@ impl Tracker {
     /// Queues a round; `false` when too many are waiting. Returns whether the caller must start
     /// the runner (no round was running).
     pub fn enqueue(&mut self, request: SyncRequest) -> Result<bool, SyncRequest> {
-        if self.queue.len() >= QUEUED_ROUNDS_MAX {
+        if self.queue.iter().filter(|r| r.only.is_none()).count() >= QUEUED_ROUNDS_MAX {
             return Err(request);
         }
         self.queue.push_back(request);
@@ -102,9 +162,16 @@ impl Tracker {
         Ok(start)
     }
 
-    /// Ends the reading of a conversation: the held messages newer than what the round pushed
-    /// are returned for pushing, or dropped when the conversation stays behind.
-    fn finish(&mut self, conversation: ConversationId, behind: bool) -> Vec<ByteString> {
+    /// Ends the reading of a conversation. `floor` is where the client is known to be (its
+    /// cursor, clamped to the conversation's last seq). Returns whether it stays behind (the
+    /// round stopped early, or live messages overflowed while it was read) and the held
+    /// messages to push now.
+    fn finish(
+        &mut self,
+        conversation: ConversationId,
+        stopped_early: bool,
+        floor: u64,
+    ) -> (bool, Vec<ByteString>, bool) {
         let held: Vec<_> = {
             let (mine, rest) =
                 std::mem::take(&mut self.held).into_iter().partition(|(c, _, _)| *c == conversation);
@@ -112,20 +179,25 @@ impl Tracker {
             mine
         };
         self.held_bytes = self.held.iter().map(|(_, _, t)| t.len()).sum();
+        let pushed = self.pushed.entry(conversation).or_default();
+        *pushed = (*pushed).max(floor);
+        let behind = stopped_early || self.phase.get(&conversation) == Some(&Phase::Behind);
         if behind {
             self.phase.insert(conversation, Phase::Behind);
-            return Vec::new();
+            return (true, Vec::new(), false);
         }
         self.phase.remove(&conversation);
-        let pushed = self.pushed.entry(conversation).or_default();
         let mut out = Vec::new();
+        let mut gap = false;
         for (_, seq, text) in held {
-            if seq > *pushed {
+            if seq == *pushed + 1 {
                 *pushed = seq;
                 out.push(text);
+            } else if seq > *pushed + 1 {
+                gap = true;
             }
         }
-        out
+        (false, out, gap)
     }
 }
 
@@ -147,13 +219,15 @@ pub async fn run(tracker: Rc<RefCell<Tracker>>, cx: SyncContext) {
             tracker.borrow_mut().running = false;
             return;
         };
-        let id = request.id.clone();
+        let (id, fill) = (request.id.clone(), request.only);
         let result = round(&tracker, &cx, request).await;
         // Whatever happened, nothing may stay pending or reading: those are behind now.
         {
             let mut t = tracker.borrow_mut();
             for phase in t.phase.values_mut() {
-                *phase = Phase::Behind;
+                if *phase != Phase::Behind {
+                    *phase = Phase::Behind;
+                }
             }
             t.held.clear();
             t.held_bytes = 0;
@@ -161,8 +235,18 @@ pub async fn run(tracker: Rc<RefCell<Tracker>>, cx: SyncContext) {
         let frame = match result {
             Ok(Some(frame)) => frame,
             Ok(None) => return, // the connection is gone
-            Err(e) => ServerFrame::error(id, e.code, e.message),
+            Err(e) => match fill {
+                Some(c) => ServerFrame::error(
+                    None,
+                    e.code,
+                    format!("live delivery of conversation {c} is paused ({}); sync it", e.message),
+                ),
+                None => ServerFrame::error(id, e.code, e.message),
+            },
         };
+        if fill.is_some() && matches!(frame, ServerFrame::SyncDone { .. }) {
+            continue; // a fill answers nothing
+        }
         if push(&cx.outbox, frame.encode()).is_err() {
             return;
         }
@@ -186,14 +270,17 @@ async fn round(
     cx: &SyncContext,
     request: SyncRequest,
 ) -> Result<Option<ServerFrame>, Error> {
-    let ids = cx.history.conversation_ids(cx.user).await?;
+    let ids = match request.only {
+        Some(c) => vec![c],
+        None => cx.history.conversation_ids(cx.user).await?,
+    };
     {
         let mut t = tracker.borrow_mut();
         for id in &ids {
             t.phase.insert(*id, Phase::Pending);
         }
     }
-    let mut budget = cx.round_max;
+    let mut budget = if request.only.is_some() { request.limit } else { cx.round_max };
     let mut states: BTreeMap<ConversationId, SyncState> = BTreeMap::new();
     let mut round_has_more = false;
     for id in ids {
@@ -201,8 +288,13 @@ async fn round(
             round_has_more = true;
             break;
         }
-        tracker.borrow_mut().phase.insert(id, Phase::Reading);
-        let mut after = request.cursors.get(&id).copied().unwrap_or(0);
+        let cursor = request.cursors.get(&id).copied().unwrap_or(0);
+        // What this connection already pushed is not sent again.
+        let mut after = {
+            let mut t = tracker.borrow_mut();
+            t.phase.insert(id, Phase::Reading);
+            cursor.max(t.pushed.get(&id).copied().unwrap_or(0))
+        };
         let mut here = 0;
         let state = loop {
             cx.outbox.room().await;
@@ -217,6 +309,21 @@ async fn round(
                     ) =>
                 {
                     tracker.borrow_mut().phase.remove(&id);
+                    break None;
+                }
+                // One conversation that cannot be read does not fail the round: the client is
+                // told, and it stays behind.
+                Err(e) if request.only.is_none() => {
+                    let text = ServerFrame::error(
+                        request.id.clone(),
+                        e.code,
+                        format!("conversation {id} could not be synced: {}", e.message),
+                    )
+                    .encode();
+                    tracker.borrow_mut().phase.insert(id, Phase::Behind);
+                    if push(&cx.outbox, text).is_err() {
+                        return Ok(None);
+                    }
                     break None;
                 }
                 Err(e) => return Err(e),
@@ -235,21 +342,25 @@ async fn round(
             }
             here += n;
             budget -= n.min(budget);
-            let mut state = page.state;
-            if !state.has_more {
-                break Some(state);
-            }
-            if here >= request.limit || budget == 0 || n == 0 {
-                state.has_more = true;
+            let state = page.state;
+            if !state.has_more || here >= request.limit || budget == 0 || n == 0 {
                 break Some(state);
             }
         };
-        let Some(state) = state else { continue };
-        let release = tracker.borrow_mut().finish(id, state.has_more);
+        let Some(mut state) = state else { continue };
+        let floor = cursor.min(state.last_seq);
+        let (behind, release, gap) = tracker.borrow_mut().finish(id, state.has_more, floor);
+        state.has_more = behind;
         for text in release {
             if push(&cx.outbox, text).is_err() {
                 return Ok(None);
             }
+        }
+        if gap || (behind && request.only.is_some()) {
+            // Held messages left a gap, or a fill did not reach the end: fill again.
+            let mut t = tracker.borrow_mut();
+            t.phase.insert(id, Phase::Pending);
+            t.enqueue_fill(id);
         }
         states.insert(id, state);
     }
@@ -265,12 +376,28 @@ mod tests {
     }
 
     #[test]
-    fn live_messages_are_pushed_once() {
+    fn live_messages_are_pushed_once_in_order_from_a_known_point() {
         let mut t = Tracker::default();
         let c = ConversationId::generate();
-        assert!(t.live(c, 1, text("a")).is_some());
-        assert!(t.live(c, 1, text("a")).is_none());
-        assert!(t.live(c, 2, text("b")).is_some());
+        // A conversation's first message: nothing can come before it.
+        assert_eq!(t.live(c, 1, text("a")), Live::Push(text("a")));
+        assert_eq!(t.live(c, 1, text("a")), Live::Skip);
+        assert_eq!(t.live(c, 2, text("b")), Live::Push(text("b")));
+        // Where the client is in another conversation is unknown until it syncs it.
+        let other = ConversationId::generate();
+        assert_eq!(t.live(other, 15, text("x")), Live::Skip);
+    }
+
+    #[test]
+    fn a_gap_starts_a_fill_instead_of_a_push() {
+        let mut t = Tracker::default();
+        let c = ConversationId::generate();
+        t.pushed.insert(c, 10);
+        assert_eq!(t.live(c, 12, text("twelve")), Live::Fill(c));
+        // Until the fill has read the gap, live messages of it wait for the store.
+        assert_eq!(t.live(c, 13, text("thirteen")), Live::Skip);
+        assert!(t.enqueue_fill(c));
+        assert!(!t.enqueue_fill(c), "one fill per conversation at a time");
     }
 
     #[test]
@@ -279,15 +406,26 @@ mod tests {
         let (reading, pending) = (ConversationId::generate(), ConversationId::generate());
         t.phase.insert(reading, Phase::Reading);
         t.phase.insert(pending, Phase::Pending);
-        assert!(t.live(pending, 7, text("p")).is_none());
-        assert!(t.live(reading, 5, text("five")).is_none());
-        assert!(t.live(reading, 6, text("six")).is_none());
+        assert_eq!(t.live(pending, 7, text("p")), Live::Skip);
+        assert_eq!(t.live(reading, 5, text("five")), Live::Skip);
+        assert_eq!(t.live(reading, 6, text("six")), Live::Skip);
         // The round pushed up to 5 itself.
         t.pushed.insert(reading, 5);
-        let released = t.finish(reading, false);
+        let (behind, released, gap) = t.finish(reading, false, 0);
+        assert!(!behind && !gap);
         assert_eq!(released, vec![text("six")]);
-        assert!(t.live(reading, 6, text("six")).is_none());
-        assert!(t.live(reading, 7, text("seven")).is_some());
+        assert_eq!(t.live(reading, 6, text("six")), Live::Skip);
+        assert_eq!(t.live(reading, 7, text("seven")), Live::Push(text("seven")));
+    }
+
+    #[test]
+    fn the_clients_cursor_anchors_a_conversation_with_nothing_new() {
+        let mut t = Tracker::default();
+        let c = ConversationId::generate();
+        t.phase.insert(c, Phase::Reading);
+        let (behind, released, _) = t.finish(c, false, 40);
+        assert!(!behind && released.is_empty());
+        assert_eq!(t.live(c, 41, text("next")), Live::Push(text("next")));
     }
 
     #[test]
@@ -295,8 +433,22 @@ mod tests {
         let mut t = Tracker::default();
         let c = ConversationId::generate();
         t.phase.insert(c, Phase::Reading);
-        assert!(t.live(c, 9, text("x")).is_none());
-        assert!(t.finish(c, true).is_empty());
-        assert!(t.live(c, 10, text("y")).is_none());
+        assert_eq!(t.live(c, 9, text("x")), Live::Skip);
+        let (behind, released, _) = t.finish(c, true, 0);
+        assert!(behind && released.is_empty());
+        assert_eq!(t.live(c, 10, text("y")), Live::Skip);
+    }
+
+    #[test]
+    fn an_overflow_while_reading_leaves_it_behind_even_if_the_pages_ended() {
+        let mut t = Tracker::default();
+        let c = ConversationId::generate();
+        t.phase.insert(c, Phase::Reading);
+        let big = ByteString::from("x".repeat(HELD_BYTES_MAX / 2 + 1));
+        assert_eq!(t.live(c, 2, big.clone()), Live::Skip);
+        assert_eq!(t.live(c, 3, big), Live::Skip);
+        let (behind, released, _) = t.finish(c, false, 1);
+        assert!(behind, "dropped held messages must not be reported as caught up");
+        assert!(released.is_empty());
     }
 }
