@@ -264,6 +264,9 @@ impl Config {
         if self.storage.data_dir.is_empty() {
             return Err(invalid("storage.data_dir", "must not be empty"));
         }
+        if self.storage.owner_shards > 1024 {
+            return Err(invalid("storage.owner_shards", "at most 1024 (0 = one per core)"));
+        }
         if self.storage.group_commit_max == 0 {
             return Err(invalid("storage.group_commit_max", "must be at least 1"));
         }

@@ -56,18 +56,42 @@ pub struct Node {
     pub metrics: Arc<Metrics>,
     pub sessions: Arc<SessionDeps>,
     draining: AtomicBool,
-    /// The master key matched the store's check value (Cassandra checks in the background).
-    key_checked: Arc<AtomicBool>,
 }
 
-/// Compares the key with the store's check value, recording it on first use. `Ok(false)`
-/// while the store cannot answer yet.
-async fn check_key(meta: &dyn MetaStore, key: &MasterKey, path: &Path) -> Result<bool, StartError> {
+/// Settles the master key against the store: `Ok(Some(key))` once checked (generating and
+/// recording one on a first start), `Ok(None)` while the store cannot answer yet, an error when
+/// the key is missing or different. A key is generated only when the store says it has no
+/// check value, so a node never encrypts with a key the data was not written with.
+async fn settle_key(
+    meta: &dyn MetaStore,
+    loaded: Option<&MasterKey>,
+    data_dir: &Path,
+) -> Result<Option<MasterKey>, StartError> {
+    let path = MasterKey::file(data_dir);
+    let store_error = |e| StartError::Store { dir: data_dir.display().to_string(), source: e };
+    let key = match loaded {
+        Some(key) => key.clone(),
+        None => match meta.meta(KEY_CHECK).await {
+            Ok(Some(_)) => return Err(StartError::KeyMissing { path: path.display().to_string() }),
+            Ok(None) => {
+                let key = MasterKey::generate();
+                key.write_file(data_dir).map_err(StartError::MasterKey)?;
+                key
+            }
+            Err(StoreError::Unavailable(_)) => return Ok(None),
+            Err(e) => return Err(store_error(e)),
+        },
+    };
     match meta.init_meta(KEY_CHECK, &key.check_value()).await {
-        Ok(stored) if stored == key.check_value() => Ok(true),
+        Ok(stored) if stored == key.check_value() => Ok(Some(key)),
+        Ok(_) if loaded.is_none() => {
+            // Another node recorded a different key meanwhile: ours protects nothing.
+            let _ = std::fs::remove_file(&path);
+            Err(StartError::KeyMissing { path: path.display().to_string() })
+        }
         Ok(_) => Err(StartError::KeyMismatch { path: path.display().to_string() }),
-        Err(StoreError::Unavailable(_)) => Ok(false),
-        Err(e) => Err(StartError::Store { dir: path.display().to_string(), source: e }),
+        Err(StoreError::Unavailable(_)) => Ok(None),
+        Err(e) => Err(store_error(e)),
     }
 }
 
@@ -79,51 +103,24 @@ impl Node {
         std::fs::create_dir_all(&data_dir).map_err(StartError::MasterKey)?;
         let stores = Stores::open(&config)
             .map_err(|source| StartError::Store { dir: data_dir.display().to_string(), source })?;
-        let key_path = MasterKey::file(&data_dir);
         let loaded =
             MasterKey::load(&config.security.master_key, &data_dir).map_err(StartError::MasterKey)?;
-        let key_checked = Arc::new(AtomicBool::new(false));
-        let (master, generated) = match loaded {
-            Some(key) => (key, false),
-            None => {
-                // A first start, unless the store already has a check value (the key was lost).
-                match stores.meta.meta(KEY_CHECK).await {
-                    Ok(Some(_)) => {
-                        return Err(StartError::KeyMissing { path: key_path.display().to_string() });
-                    }
-                    Ok(None) | Err(StoreError::Unavailable(_)) => {}
-                    Err(e) => {
-                        return Err(StartError::Store { dir: data_dir.display().to_string(), source: e });
-                    }
-                }
-                let key = MasterKey::generate();
-                key.write_file(&data_dir).map_err(StartError::MasterKey)?;
-                (key, true)
-            }
-        };
-        // A key generated here that the store refuses means the real one was lost: remove ours.
-        let verdict = move |result: Result<bool, StartError>, path: &Path| match result {
-            Err(StartError::KeyMismatch { .. }) if generated => {
-                let _ = std::fs::remove_file(path);
-                Err(StartError::KeyMissing { path: path.display().to_string() })
-            }
-            other => other,
-        };
-        if verdict(check_key(stores.meta.as_ref(), &master, &key_path).await, &key_path)? {
-            key_checked.store(true, Ordering::Relaxed);
-        } else {
-            // The store connects in the background (Cassandra): check once it answers; a
-            // mismatch then stops the process, since nothing it stores would be readable.
-            let (meta, key, flag, path) =
-                (stores.meta.clone(), master.clone(), key_checked.clone(), key_path.clone());
+        let settled = settle_key(stores.meta.as_ref(), loaded.as_ref(), &data_dir).await?;
+        let pending = settled.is_none();
+        let conversations = Arc::new(Conversations::new(stores.chat.clone(), settled));
+        if pending {
+            // The store connects in the background (Cassandra): settle the key once it answers.
+            // Until then nothing is sealed or opened (`unavailable`), and a mismatch stops the
+            // process, since nothing it stored would be readable.
+            let (meta, directory, dir) = (stores.meta.clone(), conversations.clone(), data_dir.clone());
             actix::spawn(async move {
                 loop {
-                    match verdict(check_key(meta.as_ref(), &key, &path).await, &path) {
-                        Ok(true) => {
-                            flag.store(true, Ordering::Relaxed);
+                    match settle_key(meta.as_ref(), loaded.as_ref(), &dir).await {
+                        Ok(Some(key)) => {
+                            directory.set_master(key);
                             return;
                         }
-                        Ok(false) => actix::clock::sleep(Duration::from_millis(500)).await,
+                        Ok(None) => actix::clock::sleep(Duration::from_millis(500)).await,
                         Err(e) => {
                             tracing::error!("{e}");
                             #[allow(clippy::print_stderr)]
@@ -141,7 +138,6 @@ impl Node {
         let registry =
             Registry::new(config.server.node_id.clone(), stores.presence.clone(), heartbeat).start();
         let router = Router::new(registry.clone()).start();
-        let conversations = Arc::new(Conversations::new(stores.chat.clone(), master));
         let owner = Owner::start(
             stores.chat.clone(),
             conversations.clone(),
@@ -176,7 +172,6 @@ impl Node {
             stores,
             config: Arc::new(config),
             draining: AtomicBool::new(false),
-            key_checked,
         }))
     }
 
@@ -186,7 +181,7 @@ impl Node {
 
     /// Whether the master key has been checked against the store.
     pub fn key_checked(&self) -> bool {
-        self.key_checked.load(Ordering::Relaxed)
+        self.conversations.has_master()
     }
 
     /// Closes every session with 1001 and waits until every queued send has been stored or

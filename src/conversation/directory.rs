@@ -64,13 +64,39 @@ const CACHE_LIMIT: usize = 100_000;
 
 pub struct Conversations {
     store: Arc<dyn ChatStore>,
-    master: MasterKey,
+    /// Set once the key has been checked against the store (`node::Node::start`); until then
+    /// nothing is sealed or opened.
+    master: std::sync::OnceLock<MasterKey>,
     cache: Mutex<HashMap<ConversationId, Arc<ConversationInfo>>>,
 }
 
 impl Conversations {
-    pub fn new(store: Arc<dyn ChatStore>, master: MasterKey) -> Conversations {
-        Conversations { store, master, cache: Mutex::new(HashMap::new()) }
+    /// A directory whose master key, if not given now, comes later through `set_master`.
+    pub fn new(store: Arc<dyn ChatStore>, master: Option<MasterKey>) -> Conversations {
+        let cell = std::sync::OnceLock::new();
+        if let Some(key) = master {
+            let _ = cell.set(key);
+        }
+        Conversations { store, master: cell, cache: Mutex::new(HashMap::new()) }
+    }
+
+    /// The checked master key from now on (once; later calls change nothing).
+    pub fn set_master(&self, key: MasterKey) {
+        let _ = self.master.set(key);
+    }
+
+    /// Whether the master key is there (checked against the store).
+    pub fn has_master(&self) -> bool {
+        self.master.get().is_some()
+    }
+
+    fn master(&self) -> Result<&MasterKey> {
+        self.master.get().ok_or_else(|| {
+            Error::new(
+                crate::error::ErrorCode::Unavailable,
+                "the node is starting: its master key is not yet checked against the store; retry",
+            )
+        })
     }
 
     fn cached(&self, id: ConversationId) -> Option<Arc<ConversationInfo>> {
@@ -79,7 +105,7 @@ impl Conversations {
 
     fn remember(&self, conversation: Conversation) -> Result<Arc<ConversationInfo>> {
         let key = self
-            .master
+            .master()?
             .unwrap_conversation_key(&conversation.wrapped_key, conversation.id.as_bytes())
             .map_err(|e| {
                 tracing::error!(conversation = %conversation.id, error = %e, "cannot unwrap a conversation key (wrong master key?)");
@@ -131,7 +157,7 @@ impl Conversations {
             return Ok(info);
         }
         let id = ConversationId::generate();
-        let (_, wrapped_key) = self.master.new_conversation_key(id.as_bytes());
+        let (_, wrapped_key) = self.master()?.new_conversation_key(id.as_bytes());
         let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
         let stored = self
             .store

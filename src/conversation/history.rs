@@ -13,7 +13,8 @@ use std::sync::Arc;
 /// The most messages one history page may hold.
 pub const HISTORY_LIMIT_MAX: u32 = 200;
 pub const HISTORY_LIMIT_DEFAULT: u32 = 50;
-/// Most body bytes of one history or sync page; a page ends early (has_more) past it.
+/// Most body bytes (as encoded in JSON) of one history or sync page; a page ends early
+/// (has_more) past it.
 pub const PAGE_BYTES_MAX: usize = 512 * 1024;
 /// Messages read from the store at once while a page is built.
 const READ_CHUNK: usize = 32;
@@ -95,12 +96,14 @@ impl HistoryReader {
             views.reverse();
             newest_first.extend(views);
             if full || (!exhausted && newest_first.len() == limit) {
+                cut_to_json_cap(&mut newest_first);
                 newest_first.reverse();
                 return Ok((newest_first, true));
             }
             if exhausted {
+                let cut = cut_to_json_cap(&mut newest_first);
                 newest_first.reverse();
-                return Ok((newest_first, false));
+                return Ok((newest_first, cut));
             }
         }
     }
@@ -137,7 +140,8 @@ impl HistoryReader {
             keep += 1;
         }
         page.truncate(keep);
-        let messages = open_all(&info, page).await?;
+        let mut messages = open_all(&info, page).await?;
+        has_more |= cut_to_json_cap(&mut messages);
         let last_seq = self.store.last_seq(conversation).await?;
         let mine = self.watermarks(conversation, user).await?;
         Ok(SyncPage {
@@ -198,6 +202,37 @@ impl HistoryReader {
     }
 }
 
+/// Bytes a body takes in a JSON frame: control characters are escaped as `\u00XX` (six bytes;
+/// a few as two), quotes and backslashes as two.
+fn json_size(body: &str) -> usize {
+    body.bytes()
+        .map(|b| {
+            if b < 0x20 {
+                6
+            } else if b == b'"' || b == b'\\' {
+                2
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+/// Keeps the longest prefix whose bodies, JSON-encoded, fit `PAGE_BYTES_MAX` (at least one
+/// message); returns whether it cut. Pages are first cut by stored size, which escaping can
+/// inflate up to six times.
+fn cut_to_json_cap(views: &mut Vec<MessageView>) -> bool {
+    let mut bytes = 0;
+    for (i, view) in views.iter().enumerate() {
+        bytes += json_size(&view.body);
+        if i > 0 && bytes > PAGE_BYTES_MAX {
+            views.truncate(i);
+            return true;
+        }
+    }
+    false
+}
+
 /// Sealed bytes above which decryption leaves the async worker for the blocking pool (so a
 /// page of large messages cannot hold up the other sessions of its thread).
 const OFF_THREAD_BYTES: usize = 64 * 1024;
@@ -212,4 +247,47 @@ async fn open_all(info: &Arc<ConversationInfo>, messages: Vec<StoredMessage>) ->
     tokio::task::spawn_blocking(move || messages.iter().map(|m| info.open(m)).collect())
         .await
         .map_err(|e| crate::error::Error::internal(format!("decrypt task failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{MessageId, MessageKind};
+
+    fn view(seq: u64, body: String) -> MessageView {
+        MessageView {
+            conversation_id: ConversationId::generate(),
+            seq,
+            message_id: MessageId::generate(),
+            author_id: UserId::generate(),
+            client_msg_id: format!("c{seq}"),
+            body,
+            ts: 0,
+            attachments: Vec::new(),
+            kind: MessageKind::Text,
+        }
+    }
+
+    #[test]
+    fn json_size_counts_escapes() {
+        assert_eq!(json_size("abc"), 3);
+        assert_eq!(json_size("a\"b\\"), 6);
+        assert_eq!(json_size("\u{1}"), 6);
+        // Matches what serde_json writes for control characters (within the quotes).
+        let body = "\u{1}\u{2}x";
+        assert!(serde_json::to_string(body).unwrap().len() - 2 <= json_size(body));
+    }
+
+    #[test]
+    fn a_page_of_escaped_bodies_is_cut_by_its_encoded_size() {
+        // 64 KiB of control characters is 384 KiB of JSON: two of them pass 512 KiB.
+        let hostile = "\u{1}".repeat(64 * 1024);
+        let mut views: Vec<MessageView> = (1..=4).map(|i| view(i, hostile.clone())).collect();
+        assert!(cut_to_json_cap(&mut views));
+        assert_eq!(views.len(), 1);
+        // A single message always fits, whatever its size.
+        let mut one = vec![view(1, "\u{1}".repeat(200 * 1024))];
+        assert!(!cut_to_json_cap(&mut one));
+        assert_eq!(one.len(), 1);
+    }
 }

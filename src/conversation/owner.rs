@@ -355,14 +355,19 @@ impl Owner {
             Metrics::inc(&self.metrics.group_commits_total);
         }
         let error: Option<Error> = result.err().map(|f| f.error.into());
-        let mut events = Vec::with_capacity(accepted.len());
+        // First messages of authors are recorded before `sent`, so whoever the author writes to
+        // may watch their presence as soon as the message is acknowledged.
         let mut new_posters: Vec<MemberKey> = Vec::new();
+        for (a, _) in accepted.iter().zip(&stored).filter(|(_, stored)| **stored) {
+            let poster = (a.message.conversation_id, a.message.author_id);
+            if !self.posted.contains(&poster) && !new_posters.contains(&poster) {
+                new_posters.push(poster);
+            }
+        }
+        self.record_posters(&new_posters).await;
+        let mut events = Vec::with_capacity(accepted.len());
         for (a, stored) in accepted.into_iter().zip(stored) {
             if stored {
-                let poster = (a.message.conversation_id, a.message.author_id);
-                if !self.posted.contains(&poster) && !new_posters.contains(&poster) {
-                    new_posters.push(poster);
-                }
                 Metrics::inc(&self.metrics.messages_stored_total);
                 let sent = Sent::of(&a.message);
                 for reply in a.replies {
@@ -378,7 +383,6 @@ impl Owner {
                 }
             }
         }
-        self.record_posters(&new_posters).await;
         self.publish(events).await;
     }
 

@@ -39,8 +39,8 @@ const PRESENCE_SUBSCRIBE_MAX: usize = 1000;
 /// Default per-conversation page of a sync.
 const SYNC_LIMIT_DEFAULT: u32 = 100;
 /// Output bytes held back for a history reply while it is read (a page's bodies are capped at
-/// `PAGE_BYTES_MAX`; JSON escaping can double them).
-const HISTORY_RESERVATION: usize = 2 * PAGE_BYTES_MAX + 64 * 1024;
+/// `PAGE_BYTES_MAX` as encoded in JSON, plus each message's other fields).
+const HISTORY_RESERVATION: usize = PAGE_BYTES_MAX + 128 * 1024;
 /// How often the session looks for a stalled outbox.
 const STALL_CHECK: Duration = Duration::from_millis(500);
 

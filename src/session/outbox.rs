@@ -168,6 +168,7 @@ impl Outbox {
         if let Some(w) = s.writer.take() {
             w.wake();
         }
+        s.wake_readers();
     }
 
     /// Drops everything queued and closes at once (the client is not reading).
@@ -299,6 +300,8 @@ impl Stream for OutboxBody {
 
 impl Drop for OutboxBody {
     fn drop(&mut self) {
+        // The connection is done with: give back the duplicate descriptor now.
+        drop(self.outbox.socket.lock().unwrap_or_else(|p| p.into_inner()).take());
         let mut s = self.outbox.lock();
         s.gone = true;
         s.frames.clear();

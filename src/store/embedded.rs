@@ -77,6 +77,7 @@ struct Shared {
     /// A poisoned database waiting for its last in-flight call to finish before a reopen.
     retired: Mutex<Option<Arc<Inner>>>,
     failed: AtomicBool,
+    reopening: Mutex<()>,
     last_attempt: Mutex<Option<Instant>>,
     /// When a synced probe last succeeded (ping probes at most once per `PROBE_EVERY`).
     probed: Mutex<Option<Instant>>,
@@ -140,6 +141,7 @@ impl EmbeddedStore {
                 current: RwLock::new(Some(Arc::new(inner))),
                 retired: Mutex::new(None),
                 failed: AtomicBool::new(false),
+                reopening: Mutex::new(()),
                 last_attempt: Mutex::new(None),
                 probed: Mutex::new(None),
             }),
@@ -188,6 +190,8 @@ impl Shared {
     }
 
     fn try_reopen(&self) {
+        // One reopen at a time; meanwhile other calls answer `Unavailable` at once.
+        let Ok(_reopening) = self.reopening.try_lock() else { return };
         {
             let mut last = lock(&self.last_attempt);
             if last.is_some_and(|t| t.elapsed() < REOPEN_EVERY) {
@@ -195,9 +199,8 @@ impl Shared {
             }
             *last = Some(Instant::now());
         }
-        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
         let mut retired = lock(&self.retired);
-        if let Some(old) = current.take() {
+        if let Some(old) = self.current.write().unwrap_or_else(|p| p.into_inner()).take() {
             *retired = Some(old);
         }
         // Another instance on the same files must not exist: wait for in-flight calls.
@@ -205,9 +208,10 @@ impl Shared {
             return;
         }
         *retired = None;
+        // Opened and probed without holding `current`: calls meanwhile are not blocked.
         match Inner::open(&self.path).and_then(|inner| inner.probe().map(|()| inner)) {
             Ok(inner) => {
-                *current = Some(Arc::new(inner));
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(inner));
                 self.failed.store(false, Ordering::Relaxed);
                 *lock(&self.probed) = Some(Instant::now());
                 tracing::info!("embedded store reopened: writes work again");

@@ -116,7 +116,7 @@ async fn a_panicking_shard_is_restarted_and_counted() {
         inner: EmbeddedStore::open(dir.path()).unwrap(),
         armed: AtomicBool::new(true),
     });
-    let conversations = Arc::new(Conversations::new(store.clone(), MasterKey::generate()));
+    let conversations = Arc::new(Conversations::new(store.clone(), Some(MasterKey::generate())));
     let registry =
         Registry::new("n1".into(), Arc::new(MemoryPresence::default()), std::time::Duration::from_secs(15))
             .start();
