@@ -49,6 +49,9 @@ pub struct SyncRequest {
     pub only: Option<ConversationId>,
 }
 
+/// Own sends remembered ahead of `pushed`, per conversation.
+const OWN_AHEAD_MAX: usize = 1024;
+
 /// Messages one fill reads before it queues the next.
 const FILL_LIMIT: usize = 500;
 
@@ -73,6 +76,9 @@ enum Phase {
 pub struct Tracker {
     /// Per conversation, the highest seq pushed to this client.
     pushed: HashMap<ConversationId, u64>,
+    /// Seqs this connection sent itself (its client got `sent`) beyond `pushed`: skipped when
+    /// `pushed` reaches them, so the client never gets its own message back.
+    own: HashMap<ConversationId, std::collections::BTreeSet<u64>>,
     phase: HashMap<ConversationId, Phase>,
     held: Vec<(ConversationId, u64, ByteString)>,
     held_bytes: usize,
@@ -106,6 +112,7 @@ impl Tracker {
                 Some(pushed) if seq <= *pushed => Live::Skip,
                 Some(pushed) if seq == *pushed + 1 => {
                     *pushed = seq;
+                    self.absorb_own(conversation);
                     Live::Push(text)
                 }
                 Some(_) => {
@@ -121,11 +128,38 @@ impl Tracker {
     pub fn sent(&mut self, conversation: ConversationId, seq: u64) {
         match self.pushed.get_mut(&conversation) {
             Some(pushed) if seq == *pushed + 1 => *pushed = seq,
+            // Messages before it are still on their way here: remember it, to skip it then.
+            Some(pushed) if seq > *pushed + 1 => {
+                let own = self.own.entry(conversation).or_default();
+                if own.len() < OWN_AHEAD_MAX {
+                    own.insert(seq);
+                }
+            }
             None if seq == 1 => {
                 self.pushed.insert(conversation, 1);
             }
             _ => {}
         }
+        self.absorb_own(conversation);
+    }
+
+    /// Moves `pushed` over the client's own messages that directly follow it.
+    fn absorb_own(&mut self, conversation: ConversationId) {
+        let Some(own) = self.own.get_mut(&conversation) else { return };
+        if let Some(pushed) = self.pushed.get_mut(&conversation) {
+            while own.remove(&(*pushed + 1)) {
+                *pushed += 1;
+            }
+            own.retain(|seq| *seq > *pushed);
+        }
+        if own.is_empty() {
+            self.own.remove(&conversation);
+        }
+    }
+
+    /// Whether `seq` is one of the client's own messages not yet passed (a round skips it).
+    fn take_own(&mut self, conversation: ConversationId, seq: u64) -> bool {
+        self.own.get_mut(&conversation).is_some_and(|own| own.remove(&seq))
     }
 
     /// Queues a fill of the conversation (unless one is queued); returns whether the caller
@@ -181,6 +215,7 @@ impl Tracker {
         self.held_bytes = self.held.iter().map(|(_, _, t)| t.len()).sum();
         let pushed = self.pushed.entry(conversation).or_default();
         *pushed = (*pushed).max(floor);
+        self.absorb_own(conversation);
         let behind = stopped_early || self.phase.get(&conversation) == Some(&Phase::Behind);
         if behind {
             self.phase.insert(conversation, Phase::Behind);
@@ -190,10 +225,12 @@ impl Tracker {
         let mut out = Vec::new();
         let mut gap = false;
         for (_, seq, text) in held {
-            if seq == *pushed + 1 {
-                *pushed = seq;
+            let pushed = self.pushed.get(&conversation).copied().unwrap_or(0);
+            if seq == pushed + 1 {
+                self.pushed.insert(conversation, seq);
+                self.absorb_own(conversation);
                 out.push(text);
-            } else if seq > *pushed + 1 {
+            } else if seq > pushed + 1 {
                 gap = true;
             }
         }
@@ -335,6 +372,10 @@ async fn round(
                     after = m.seq;
                     let pushed = t.pushed.entry(id).or_default();
                     *pushed = (*pushed).max(m.seq);
+                    // The client's own message (it got `sent`): it has it already.
+                    if t.take_own(id, m.seq) {
+                        continue;
+                    }
                     if push(&cx.outbox, ServerFrame::Message(m).encode()).is_err() {
                         return Ok(None);
                     }
@@ -386,6 +427,18 @@ mod tests {
         // Where the client is in another conversation is unknown until it syncs it.
         let other = ConversationId::generate();
         assert_eq!(t.live(other, 15, text("x")), Live::Skip);
+    }
+
+    #[test]
+    fn an_own_send_acknowledged_before_the_message_before_it_is_not_sent_back() {
+        let mut t = Tracker::default();
+        let c = ConversationId::generate();
+        t.pushed.insert(c, 5);
+        // `sent` for 7 is handled before the live 6 of the other member.
+        t.sent(c, 7);
+        assert_eq!(t.live(c, 6, text("six")), Live::Push(text("six")));
+        // 7 is the client's own: the next live one follows it without a gap.
+        assert_eq!(t.live(c, 8, text("eight")), Live::Push(text("eight")));
     }
 
     #[test]
