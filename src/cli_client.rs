@@ -106,6 +106,8 @@ async fn chat(args: ChatArgs) -> Result<(), Failure> {
     let name = |id: &str| if id == me { "you".to_owned() } else { args.to.clone() };
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut counter = 0u64;
+    // The highest seq shown, in order: the sync cursor of this conversation.
+    let mut cursor = 0u64;
     loop {
         tokio::select! {
             line = lines.next_line() => {
@@ -123,19 +125,27 @@ async fn chat(args: ChatArgs) -> Result<(), Failure> {
                 let Message::Text(text) = frame? else { continue };
                 let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
                 match v["type"].as_str().unwrap_or("") {
-                    "message" => {
+                    "message" if v["conversation_id"].as_str() == Some(conversation.as_str()) => {
                         println!("[{}] {}: {}", v["seq"], name(v["author_id"].as_str().unwrap_or("")), v["body"].as_str().unwrap_or(""));
+                        cursor = cursor.max(v["seq"].as_u64().unwrap_or(0));
                         let read = json!({"type":"read","conversation_id":v["conversation_id"],"seq":v["seq"]});
                         tx.send(Message::text(read.to_string())).await?;
                     }
+                    "sync_done" => {
+                        let mine = &v["conversations"][conversation.as_str()];
+                        if v["has_more"].as_bool() == Some(true) || mine["has_more"].as_bool() == Some(true) {
+                            let sync = json!({"type":"sync","cursors":{conversation.as_str(): cursor}});
+                            tx.send(Message::text(sync.to_string())).await?;
+                        }
+                    }
                     "history" => {
-                        let mut last = 0;
                         for m in v["messages"].as_array().into_iter().flatten() {
                             println!("[{}] {}: {}", m["seq"], name(m["author_id"].as_str().unwrap_or("")), m["body"].as_str().unwrap_or(""));
-                            last = m["seq"].as_u64().unwrap_or(last);
+                            cursor = m["seq"].as_u64().unwrap_or(cursor);
                         }
-                        // From here on: what arrived meanwhile, then live messages.
-                        let sync = json!({"type":"sync","cursors":{conversation.as_str(): last}});
+                        // From here on: what arrived meanwhile, then live messages (other
+                        // conversations' messages that the sync brings are not shown).
+                        let sync = json!({"type":"sync","cursors":{conversation.as_str(): cursor}});
                         tx.send(Message::text(sync.to_string())).await?;
                     }
                     "sent" => println!("  ✓ stored as #{}", v["seq"]),

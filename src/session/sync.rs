@@ -52,6 +52,10 @@ pub struct SyncRequest {
 /// Own sends remembered ahead of `pushed`, per conversation.
 const OWN_AHEAD_MAX: usize = 1024;
 
+/// How often a fill the store failed is retried, and after how long.
+const FILL_TRIES: u32 = 5;
+const FILL_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Messages one fill reads before it queues the next.
 const FILL_LIMIT: usize = 500;
 
@@ -84,6 +88,10 @@ pub struct Tracker {
     held_bytes: usize,
     running: bool,
     queue: VecDeque<SyncRequest>,
+    /// A full round has completed: the client knows every conversation it was in then, so one
+    /// this connection has not seen must be read from its start.
+    synced: bool,
+    fill_failures: HashMap<ConversationId, u32>,
 }
 
 impl Tracker {
@@ -107,6 +115,13 @@ impl Tracker {
                 None if seq == 1 => {
                     self.pushed.insert(conversation, 1);
                     Live::Push(text)
+                }
+                // New since the last full round, and its first messages never came here (sent
+                // from another connection of this device, or never published): read them.
+                None if self.synced => {
+                    self.pushed.insert(conversation, 0);
+                    self.phase.insert(conversation, Phase::Pending);
+                    Live::Fill(conversation)
                 }
                 None => Live::Skip,
                 Some(pushed) if seq <= *pushed => Live::Skip,
@@ -270,14 +285,37 @@ pub async fn run(tracker: Rc<RefCell<Tracker>>, cx: SyncContext) {
             t.held_bytes = 0;
         }
         let frame = match result {
-            Ok(Some(frame)) => frame,
+            Ok(Some(frame)) => {
+                if let Some(c) = fill {
+                    tracker.borrow_mut().fill_failures.remove(&c);
+                }
+                frame
+            }
             Ok(None) => return, // the connection is gone
             Err(e) => match fill {
-                Some(c) => ServerFrame::error(
-                    None,
-                    e.code,
-                    format!("live delivery of conversation {c} is paused ({}); sync it", e.message),
-                ),
+                Some(c) => {
+                    // The store failed the fill: retry in a while; after a few tries, tell the
+                    // client (the conversation stays behind until it syncs it).
+                    let tries = {
+                        let mut t = tracker.borrow_mut();
+                        let tries = t.fill_failures.entry(c).or_default();
+                        *tries += 1;
+                        *tries
+                    };
+                    if tries <= FILL_TRIES {
+                        actix::clock::sleep(FILL_RETRY).await;
+                        let mut t = tracker.borrow_mut();
+                        t.phase.insert(c, Phase::Pending);
+                        t.enqueue_fill(c);
+                        continue;
+                    }
+                    tracker.borrow_mut().fill_failures.remove(&c);
+                    ServerFrame::error(
+                        None,
+                        e.code,
+                        format!("conversation {c} could not be read ({}); sync it", e.message),
+                    )
+                }
                 None => ServerFrame::error(id, e.code, e.message),
             },
         };
@@ -351,13 +389,20 @@ async fn round(
                 // One conversation that cannot be read does not fail the round: the client is
                 // told, and it stays behind.
                 Err(e) if request.only.is_none() => {
+                    // Reported without the sync's id (its answer is `sync_done`), and the round
+                    // says `has_more`, so the client syncs again.
                     let text = ServerFrame::error(
-                        request.id.clone(),
+                        None,
                         e.code,
-                        format!("conversation {id} could not be synced: {}", e.message),
+                        format!("conversation {id} could not be synced now: {}", e.message),
                     )
                     .encode();
-                    tracker.borrow_mut().phase.insert(id, Phase::Behind);
+                    {
+                        let mut t = tracker.borrow_mut();
+                        t.phase.insert(id, Phase::Behind);
+                        t.drop_held(id);
+                    }
+                    round_has_more = true;
                     if push(&cx.outbox, text).is_err() {
                         return Ok(None);
                     }
@@ -370,10 +415,12 @@ async fn round(
                 let mut t = tracker.borrow_mut();
                 for m in page.messages {
                     after = m.seq;
+                    // The client's own message (it got `sent`), or one pushed meanwhile: it has
+                    // it already.
                     let pushed = t.pushed.entry(id).or_default();
+                    let known = m.seq <= *pushed;
                     *pushed = (*pushed).max(m.seq);
-                    // The client's own message (it got `sent`): it has it already.
-                    if t.take_own(id, m.seq) {
+                    if t.take_own(id, m.seq) || known {
                         continue;
                     }
                     if push(&cx.outbox, ServerFrame::Message(m).encode()).is_err() {
@@ -404,6 +451,9 @@ async fn round(
             t.enqueue_fill(id);
         }
         states.insert(id, state);
+    }
+    if request.only.is_none() {
+        tracker.borrow_mut().synced = true;
     }
     Ok(Some(ServerFrame::SyncDone { id: request.id, conversations: states, has_more: round_has_more }))
 }
@@ -439,6 +489,17 @@ mod tests {
         assert_eq!(t.live(c, 6, text("six")), Live::Push(text("six")));
         // 7 is the client's own: the next live one follows it without a gap.
         assert_eq!(t.live(c, 8, text("eight")), Live::Push(text("eight")));
+    }
+
+    #[test]
+    fn after_a_full_round_an_unseen_conversation_is_read_from_its_start() {
+        let mut t = Tracker::default();
+        let c = ConversationId::generate();
+        assert_eq!(t.live(c, 3, text("three")), Live::Skip, "before any sync: unknown");
+        t.synced = true;
+        let d = ConversationId::generate();
+        assert_eq!(t.live(d, 3, text("three")), Live::Fill(d));
+        assert_eq!(t.pushed.get(&d), Some(&0));
     }
 
     #[test]
