@@ -5,6 +5,7 @@ mod accounts;
 mod conversations;
 mod health;
 pub mod server;
+pub mod transport;
 mod ws;
 
 use crate::account::Identity;

@@ -2,10 +2,11 @@
 //! current actix system and returns a handle (`local_addr`, `shutdown`), so a test can run
 //! several nodes in one process; [`serve`] is the binary's loop around it (signals, drain).
 
+use super::transport::AbortableStream;
 use crate::config::Config;
 use crate::node::{Node, StartError};
-use actix_web::dev::ServerHandle;
-use actix_web::{App, HttpServer, web};
+use actix_server::ServerHandle;
+use actix_web::{App, web};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +32,13 @@ pub struct Server {
 
 impl Server {
     /// Starts a node with `config` and listens on `server.http_addr` (port 0 picks one).
+    ///
+    /// actix-web's `App` serves every route, under actix-server and actix-http's `HttpService`
+    /// built here rather than through `HttpServer`, so that each connection's stream is ours
+    /// ([`super::transport::AbortableStream`]): a session can abort a connection whose client
+    /// stopped reading, at no cost per connection.
     pub async fn bind(config: Config) -> Result<Server, ServeError> {
+        use actix_service::{ServiceFactoryExt, fn_service, map_config};
         let node = Node::start(config.clone()).await?;
         let data = web::Data::new(node.clone());
         let workers = match config.server.workers {
@@ -39,18 +46,34 @@ impl Server {
             n => n as usize,
         };
         let addr = config.server.http_addr.clone();
-        let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(super::configure))
+        let bind_error = |source| ServeError::Bind { addr: addr.clone(), source };
+        let listener = std::net::TcpListener::bind(&addr).map_err(bind_error)?;
+        let local_addr = listener.local_addr().map_err(bind_error)?;
+        let server = actix_server::Server::build()
             .workers(workers)
-            .on_connect(keep_socket)
             .disable_signals()
             .shutdown_timeout(config.server.shutdown_timeout_ms.div_ceil(1000))
-            .bind(&addr)
-            .map_err(|source| ServeError::Bind { addr: addr.clone(), source })?;
-        let local_addr = *server
-            .addrs()
-            .first()
-            .ok_or_else(|| ServeError::Bind { addr, source: std::io::Error::other("no address bound") })?;
-        let server = server.run();
+            .listen("switchboard", listener, move || {
+                let app = App::new().app_data(data.clone()).configure(super::configure);
+                fn_service(|io: actix_web::rt::net::TcpStream| async move {
+                    let peer = io.peer_addr().ok();
+                    let _ = io.set_nodelay(true);
+                    Ok::<_, actix_http::error::DispatchError>((
+                        AbortableStream::new(io),
+                        actix_http::Protocol::Http1,
+                        peer,
+                    ))
+                })
+                .and_then(
+                    actix_http::HttpService::build()
+                        .on_connect_ext(|io: &AbortableStream, data| {
+                            data.insert(io.handle());
+                        })
+                        .finish(map_config(app, |_| actix_web::dev::AppConfig::default())),
+                )
+            })
+            .map_err(bind_error)?
+            .run();
         let handle = server.handle();
         let task = actix_rt::spawn(server);
         tracing::info!(node = %config.server.node_id, addr = %local_addr, "switchboard started");
@@ -71,17 +94,6 @@ impl Server {
         self.handle.stop(true).await;
         self.task.await.map_err(|e| std::io::Error::other(e.to_string()))??;
         Ok(())
-    }
-}
-
-/// Keeps a duplicate of each connection's descriptor in its connection data, so a session can
-/// abort a connection whose client stopped reading (`session::outbox::Outbox::abort`).
-fn keep_socket(connection: &dyn std::any::Any, data: &mut actix_web::dev::Extensions) {
-    use std::os::fd::AsFd;
-    if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>()
-        && let Ok(fd) = tcp.as_fd().try_clone_to_owned()
-    {
-        data.insert(crate::session::outbox::Socket(Arc::new(fd)));
     }
 }
 

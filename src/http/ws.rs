@@ -2,10 +2,11 @@
 //! upgrades with bounded frame sizes and starts a Session actor. actix-ws does the handshake
 //! and decodes client frames; the response body is the session's byte-bounded outbox.
 
+use super::transport::AbortHandle;
 use super::{ApiError, ApiResult, NodeData, bearer_token};
 use crate::error::{Error, ErrorCode};
 use crate::session::Session;
-use crate::session::outbox::{Outbox, OutboxBody, Socket};
+use crate::session::outbox::{Outbox, OutboxBody};
 use actix_web::body::{BodyStream, MessageBody};
 use actix_web::{HttpRequest, HttpResponse, web};
 
@@ -22,7 +23,10 @@ pub async fn upgrade(req: HttpRequest, body: web::Payload, node: NodeData) -> Ap
     let deps = node.sessions.clone();
     let max = deps.websocket.max_frame_bytes as usize;
     let stream = stream.max_frame_size(max).aggregate_continuations().max_continuation_size(max);
-    let socket = req.conn_data::<Socket>().cloned();
+    let socket = req
+        .conn_data::<AbortHandle>()
+        .cloned()
+        .map(|handle| Box::new(move || handle.abort()) as crate::session::outbox::Abort);
     let outbox = Outbox::new(deps.websocket.outbound_bytes as usize, socket);
     // actix-ws's own body (fed by `_sender`, which is dropped) is replaced by the outbox; it is
     // kept inside ours, unpolled, because dropping it tells the request stream the connection

@@ -13,9 +13,8 @@
 //! The session checks [`Outbox::stalled_for`] on a timer: a queue that has not moved for
 //! `websocket.write_stall_ms` means the client stopped reading. A close frame cannot reach such
 //! a client (its TCP window is shut and actix-http waits forever to flush), so the connection
-//! is aborted: linger 0 and `shutdown` on the socket ([`Socket`], a duplicate of the
-//! connection's descriptor taken when it was accepted), which makes the kernel reset it and
-//! free its buffers, and actix-http drop it.
+//! is aborted through the `Abort` the edge gave the outbox (`http::transport`): actix-http
+//! drops it, and the kernel resets it and frees its buffers.
 
 use actix_codec::Encoder;
 use actix_http::ws::{Codec, Message};
@@ -88,20 +87,19 @@ impl State {
     }
 }
 
-/// The connection's socket (a duplicate descriptor), kept to abort a connection that stopped
-/// reading. Stored in the connection data by `Server::bind`'s `on_connect`.
-#[derive(Clone)]
-pub struct Socket(pub Arc<std::os::fd::OwnedFd>);
+/// Resets a connection at once.
+pub type Abort = Box<dyn FnOnce() + Send>;
 
 pub struct Outbox {
     state: Mutex<State>,
     limit: usize,
     hard_limit: usize,
-    socket: Mutex<Option<Socket>>,
+    /// Resets the connection (given by the edge; see `http::transport`).
+    socket: Mutex<Option<Abort>>,
 }
 
 impl Outbox {
-    pub fn new(limit: usize, socket: Option<Socket>) -> Arc<Outbox> {
+    pub fn new(limit: usize, socket: Option<Abort>) -> Arc<Outbox> {
         Arc::new(Outbox {
             state: Mutex::default(),
             limit,
@@ -115,10 +113,8 @@ impl Outbox {
     pub fn abort(&self, reason: CloseReason) {
         self.kill(reason);
         let socket = self.socket.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(Socket(fd)) = socket {
-            let sock = socket2::SockRef::from(fd.as_ref());
-            let _ = sock.set_linger(Some(Duration::ZERO));
-            let _ = sock.shutdown(std::net::Shutdown::Both);
+        if let Some(abort) = socket {
+            abort();
         }
     }
 
@@ -300,8 +296,6 @@ impl Stream for OutboxBody {
 
 impl Drop for OutboxBody {
     fn drop(&mut self) {
-        // The connection is done with: give back the duplicate descriptor now.
-        drop(self.outbox.socket.lock().unwrap_or_else(|p| p.into_inner()).take());
         let mut s = self.outbox.lock();
         s.gone = true;
         s.frames.clear();
