@@ -66,6 +66,11 @@ impl Server {
                 })
                 .and_then(
                     actix_http::HttpService::build()
+                        // actix-web's HttpServer defaults: a closing connection first reads
+                        // and discards what the client still sends (no reset under its feet).
+                        .keep_alive(std::time::Duration::from_secs(5))
+                        .client_request_timeout(std::time::Duration::from_secs(5))
+                        .client_disconnect_timeout(std::time::Duration::from_secs(1))
                         .on_connect_ext(|io: &AbortableStream, data| {
                             data.insert(io.handle());
                         })
