@@ -19,6 +19,9 @@ pub async fn apply_schema(session: &Session, config: &CassandraConfig) -> StoreR
         text.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n");
     for statement in without_comments.split(';').map(str::trim).filter(|s| !s.is_empty()) {
         session.query_unpaged(statement, &[]).await.map_err(|e| unavailable(format!("{statement}: {e}")))?;
+        // Every node must know a keyspace or table before the next statement uses it (on a
+        // fresh multi-node cluster the next one may go to a node that has not seen it yet).
+        session.await_schema_agreement().await.map_err(unavailable)?;
     }
     session.await_schema_agreement().await.map_err(unavailable)?;
     session
