@@ -74,6 +74,17 @@ struct State {
 }
 
 impl State {
+    /// Whether replies may be produced: queued plus reserved bytes below `limit`.
+    fn has_room(&self, limit: usize) -> bool {
+        self.queued + self.reserved < limit
+    }
+
+    /// Whether a task waiting for room may go on: there is room, or nothing will be sent any
+    /// more (it then finds out on its own).
+    fn may_proceed(&self, limit: usize) -> bool {
+        self.has_room(limit) || self.gone || self.closed
+    }
+
     fn wait_for_room(&mut self, waker: &Waker) {
         if !self.readers.iter().any(|w| w.will_wake(waker)) {
             self.readers.push(waker.clone());
@@ -95,25 +106,25 @@ pub struct Outbox {
     limit: usize,
     hard_limit: usize,
     /// Resets the connection (given by the edge; see `http::transport`).
-    socket: Mutex<Option<Abort>>,
+    abort: Mutex<Option<Abort>>,
 }
 
 impl Outbox {
-    pub fn new(limit: usize, socket: Option<Abort>) -> Arc<Outbox> {
+    pub fn new(limit: usize, abort: Option<Abort>) -> Arc<Outbox> {
         Arc::new(Outbox {
             state: Mutex::default(),
             limit,
             hard_limit: limit.saturating_mul(2),
-            socket: Mutex::new(socket),
+            abort: Mutex::new(abort),
         })
     }
 
     /// Drops the queue and resets the connection at once (the client is not reading, so no
-    /// close frame could reach it). Without a socket handle it falls back to `kill`.
+    /// close frame could reach it). Without an `Abort` from the edge it falls back to `kill`.
     pub fn abort(&self, reason: CloseReason) {
         self.kill(reason);
-        let socket = self.socket.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(abort) = socket {
+        let abort = self.abort.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(abort) = abort {
             abort();
         }
     }
@@ -184,8 +195,7 @@ impl Outbox {
 
     /// Whether replies may be produced now: queued plus reserved bytes below the limit.
     pub fn has_room(&self) -> bool {
-        let s = self.lock();
-        s.queued + s.reserved < self.limit
+        self.lock().has_room(self.limit)
     }
 
     /// Holds `bytes` of the limit for a reply being prepared.
@@ -197,7 +207,7 @@ impl Outbox {
     pub fn release(&self, bytes: usize) {
         let mut s = self.lock();
         s.reserved = s.reserved.saturating_sub(bytes);
-        if s.queued + s.reserved < self.limit {
+        if s.has_room(self.limit) {
             s.wake_readers();
         }
     }
@@ -216,7 +226,7 @@ impl Outbox {
     pub async fn room(self: &Arc<Self>) {
         std::future::poll_fn(|cx| {
             let mut s = self.lock();
-            if s.queued + s.reserved < self.limit || s.gone || s.closed {
+            if s.may_proceed(self.limit) {
                 Poll::Ready(())
             } else {
                 s.wait_for_room(cx.waker());
@@ -287,7 +297,7 @@ impl Stream for OutboxBody {
             }
         }
         s.waiting_since = if s.frames.is_empty() { None } else { Some(Instant::now()) };
-        if s.queued + s.reserved < this.outbox.limit {
+        if s.has_room(this.outbox.limit) {
             s.wake_readers();
         }
         Poll::Ready(Some(Ok(buf.freeze())))
@@ -323,7 +333,7 @@ impl<S: Stream + Unpin> Stream for Gated<S> {
         let this = self.get_mut();
         {
             let mut s = this.outbox.lock();
-            if s.queued + s.reserved >= this.outbox.limit && !s.gone && !s.closed {
+            if !s.may_proceed(this.outbox.limit) {
                 s.wait_for_room(cx.waker());
                 return Poll::Pending;
             }
