@@ -8,6 +8,7 @@ use serde_json::Value;
 
 #[test]
 fn quick_run_writes_results_and_loses_nothing() {
+    let _heavy = crate::harness::HEAVY.blocking_lock();
     let out = tempfile::tempdir().unwrap();
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard-bench"))
         .args(["run", "--quick", "--scenarios", "s1,s2,s3,s4,s6,s7"])

@@ -16,6 +16,10 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const PASSWORD: &str = "correct horse battery";
+
+/// Held by the tests that load both cores for a while (floods, load runs, hash storms), so
+/// they run one at a time instead of skewing each other's latency checks on a 2-core machine.
+pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 pub const WAIT: Duration = Duration::from_secs(10);
 
 /// A running `switchboard serve` process.

@@ -41,6 +41,7 @@ async fn metric(server: &Server, name: &str) -> u64 {
 
 #[tokio::test]
 async fn a_client_that_never_reads_is_bounded_and_closed_and_others_keep_pinging() {
+    let _heavy = HEAVY.lock().await;
     const HOSTILE: usize = 5;
     const REQUESTS: usize = 40;
     let stall_ms = 3000;
@@ -182,6 +183,7 @@ fn record(frame: &Value, cursors: &mut BTreeMap<String, u64>, seen: &mut BTreeMa
 
 #[tokio::test]
 async fn a_user_far_behind_catches_up_by_repeated_sync_with_live_messages_exactly_once() {
+    let _heavy = HEAVY.lock().await;
     const CONVERSATIONS: usize = 20;
     const WAITING: usize = 500;
     const LIVE: usize = 30;

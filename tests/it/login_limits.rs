@@ -100,6 +100,7 @@ async fn account_creation_is_limited_per_address() {
 
 #[tokio::test]
 async fn a_full_hash_queue_answers_503_at_once_and_nothing_hangs() {
+    let _heavy = crate::harness::HEAVY.lock().await;
     let server = Server::start_env(&[
         ("SWITCHBOARD_HASH_QUEUE_MAX", "1"),
         ("SWITCHBOARD_LOGIN_IP_PER_MIN", "100000"),
