@@ -51,6 +51,7 @@ fn store_append(c: &mut Criterion) {
                                 sealed_body: vec![0xab; 100 + 40],
                                 ts: 0,
                                 attachments: vec![],
+                                epoch: 0,
                             }
                         })
                         .collect::<Vec<_>>()

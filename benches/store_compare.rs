@@ -28,6 +28,7 @@ fn message(conversation: ConversationId, author: UserId, seq: u64) -> StoredMess
         sealed_body: vec![0xab; 140],
         ts: now_millis(),
         attachments: vec![],
+        epoch: 0,
     }
 }
 

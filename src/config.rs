@@ -16,6 +16,55 @@ pub struct Config {
     pub security: SecurityConfig,
     pub websocket: WebSocketConfig,
     pub limits: LimitsConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// Several nodes as one service: membership and presence in Redis, the inter-node link,
+/// conversation ownership fenced in Cassandra.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    pub cluster_enabled: bool,
+    pub peer_addr: String,
+    pub peer_advertise: String,
+    pub cluster_secret: String,
+    pub redis_url: String,
+    pub redis_prefix: String,
+    pub membership_ttl_ms: u64,
+    pub membership_renew_ms: u64,
+    pub peer_timeout_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            cluster_enabled: false,
+            peer_addr: "127.0.0.1:7100".into(),
+            peer_advertise: String::new(),
+            cluster_secret: String::new(),
+            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_prefix: "sb:".into(),
+            membership_ttl_ms: 5_000,
+            membership_renew_ms: 1_000,
+            peer_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("cluster_enabled", &self.cluster_enabled)
+            .field("peer_addr", &self.peer_addr)
+            .field("peer_advertise", &self.peer_advertise)
+            .field("cluster_secret", &if self.cluster_secret.is_empty() { "<unset>" } else { "<redacted>" })
+            .field("redis_url", &self.redis_url)
+            .field("redis_prefix", &self.redis_prefix)
+            .field("membership_ttl_ms", &self.membership_ttl_ms)
+            .field("membership_renew_ms", &self.membership_renew_ms)
+            .field("peer_timeout_ms", &self.peer_timeout_ms)
+            .finish()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -255,10 +304,61 @@ impl Config {
                 ));
             }
         }
-        if self.storage.presence_backend != "memory" {
+        match self.storage.presence_backend.as_str() {
+            "memory" | "redis" => {}
+            other => {
+                return Err(invalid(
+                    "storage.presence_backend",
+                    format!("unknown backend {other:?} (this build knows: memory, redis)"),
+                ));
+            }
+        }
+        let cluster = &self.cluster;
+        if cluster.cluster_enabled {
+            if self.storage.store_backend != "cassandra" {
+                return Err(invalid(
+                    "cluster.cluster_enabled",
+                    "a cluster needs storage.store_backend = \"cassandra\": the embedded store lives in one \
+                     node's data dir and cannot be shared or fenced between nodes",
+                ));
+            }
+            if self.storage.presence_backend != "redis" {
+                return Err(invalid(
+                    "cluster.cluster_enabled",
+                    "a cluster needs storage.presence_backend = \"redis\" (membership and presence are shared there)",
+                ));
+            }
+            if cluster.cluster_secret.len() < 32 {
+                return Err(invalid(
+                    "cluster.cluster_secret",
+                    "at least 32 characters, the same on every node (it authenticates the inter-node link)",
+                ));
+            }
+            cluster
+                .peer_addr
+                .parse::<SocketAddr>()
+                .map_err(|e| invalid("cluster.peer_addr", format!("not a socket address: {e}")))?;
+            if !cluster.peer_advertise.is_empty() {
+                cluster
+                    .peer_advertise
+                    .parse::<SocketAddr>()
+                    .map_err(|e| invalid("cluster.peer_advertise", format!("not a socket address: {e}")))?;
+            }
+            if cluster.membership_renew_ms == 0 || cluster.membership_ttl_ms < 3 * cluster.membership_renew_ms
+            {
+                return Err(invalid(
+                    "cluster.membership_ttl_ms",
+                    "must be at least 3 × membership_renew_ms (and renew positive)",
+                ));
+            }
+        }
+        if self.storage.presence_backend == "redis"
+            && !(cluster.redis_url.starts_with("redis://")
+                || cluster.redis_url.starts_with("redis-sentinel://"))
+        {
             return Err(invalid(
-                "storage.presence_backend",
-                format!("unknown backend {:?} (this build knows: memory)", self.storage.presence_backend),
+                "cluster.redis_url",
+                "redis://host:port[/db] or redis-sentinel://host:port[,…]/service",
             ));
         }
         if self.storage.data_dir.is_empty() {

@@ -1,12 +1,12 @@
 //! Error vocabulary: `ErrorCode`, the small stable set of codes clients see, and `Error`, the
 //! internal cause that carries one of them.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// The stable error codes of the client protocol (`docs/protocol.md`). Renaming one breaks
 /// clients; add new ones instead.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// Not JSON, unknown `type`, missing or wrongly typed field (WebSocket).
@@ -126,6 +126,10 @@ impl From<crate::store::StoreError> for Error {
             StoreError::Unavailable(m) => {
                 tracing::warn!(error = %m, "store unavailable");
                 Error::new(ErrorCode::StoreUnavailable, "the message store is unavailable; retry later")
+            }
+            StoreError::Fenced(m) => {
+                tracing::info!(reason = %m, "write fenced: the conversation moved to another owner");
+                Error::new(ErrorCode::Unavailable, "the conversation is moving to another node; retry")
             }
             StoreError::Corrupt(m) => {
                 tracing::error!(error = %m, "store returned corrupt data");

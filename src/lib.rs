@@ -9,6 +9,7 @@
 //! - [`conversation`]: owner shards (seq, idempotency, group commit, receipts), directory,
 //!   history reads
 //! - [`delivery`]: events, the Router, the Registry (local sessions, presence)
+//! - [`cluster`]: several nodes as one: placement and lease, membership, the inter-node link
 //! - [`account`]: accounts, tokens, login limits
 //! - outside world: [`store`] (one trait per role + backends)
 //! - data: [`model`], [`protocol`]; plumbing: [`config`], [`crypto`], [`error`],
@@ -16,6 +17,7 @@
 
 pub mod account;
 pub mod cli_client;
+pub mod cluster;
 pub mod config;
 pub mod conversation;
 pub mod crypto;

@@ -152,4 +152,9 @@ pub struct StoredMessage {
     pub sealed_body: Vec<u8>,
     pub ts: Millis,
     pub attachments: Vec<String>,
+    /// The owner epoch it was written under (cluster mode; 0 = single node, unfenced). Cassandra
+    /// stores it as a column so a checker can prove every message was written by the owner of
+    /// its time; it is not part of the embedded store's encoding.
+    #[serde(skip)]
+    pub epoch: u64,
 }

@@ -3,14 +3,24 @@
 //! `SessionDeps`, the parts it uses.
 
 use crate::account::Accounts;
+use crate::cluster::link::{LinkConfig, Links};
+use crate::cluster::locator::Locator;
+use crate::cluster::membership::Membership;
+use crate::cluster::peer::PeerMsg;
+use crate::cluster::placement::Placement;
 use crate::config::Config;
 use crate::conversation::directory::Conversations;
 use crate::conversation::history::HistoryReader;
-use crate::conversation::owner::{Owner, OwnerHandle};
+use crate::conversation::owner::{Owner, OwnerCluster, OwnerHandle};
+use crate::conversation::peer_service::PeerService;
 use crate::crypto::MasterKey;
-use crate::delivery::registry::Drain;
+use crate::delivery::registry::{Drain, PresenceChanged, PresenceView};
+use crate::delivery::remote::RemoteDelivery;
 use crate::delivery::{Registry, Router};
+use crate::model::now_millis;
 use crate::session::SessionDeps;
+use crate::store::presence::{ClusterDirectory, ClusterEvent, NodeInfo};
+use crate::store::redis_directory::RedisDirectory;
 use crate::store::{MetaStore, StoreError, Stores};
 use crate::telemetry::Metrics;
 use actix::{Actor, Addr};
@@ -36,6 +46,8 @@ pub enum StartError {
          conversation unreadable, so none is generated"
     )]
     KeyMissing { path: String },
+    #[error("cluster: {0}")]
+    Cluster(String),
     #[error(
         "wrong master key: the configured key (security.master_key or {path}) is not the key this store \
          was written with (its check value differs). Restore the original master.key or \
@@ -55,6 +67,9 @@ pub struct Node {
     pub registry: Addr<Registry>,
     pub metrics: Arc<Metrics>,
     pub sessions: Arc<SessionDeps>,
+    pub placement: Arc<Placement>,
+    /// The inter-node link (cluster mode).
+    pub peers: Option<Links<PeerMsg>>,
     draining: AtomicBool,
 }
 
@@ -134,10 +149,73 @@ impl Node {
             });
         }
         let metrics = Arc::new(Metrics::default());
-        let heartbeat = Duration::from_millis(config.websocket.heartbeat_ms);
-        let registry =
-            Registry::new(config.server.node_id.clone(), stores.presence.clone(), heartbeat).start();
-        let router = Router::new(registry.clone()).start();
+        let mut stores = stores;
+        let node_id = config.server.node_id.clone();
+        let clustered = config.cluster.cluster_enabled;
+        if config.storage.presence_backend == "redis" {
+            let directory = RedisDirectory::connect(&config.cluster.redis_url, &config.cluster.redis_prefix)
+                .await
+                .map_err(|e| StartError::Cluster(format!("redis at {}: {e}", config.cluster.redis_url)))?;
+            stores.presence = Arc::new(directory);
+        }
+        let directory = stores.presence.clone();
+        // Marks of this node's previous run are stale: clear them before any session connects.
+        if let Err(e) = directory.clear_node(&node_id, now_millis()).await {
+            tracing::warn!(error = %e, "could not clear this node's sessions of a previous run");
+        }
+        let registry = Registry::new(node_id.clone(), directory.clone(), clustered).start();
+        let locator = Arc::new(Locator::new(directory.clone()));
+        Node::forward_directory_events(directory.as_ref(), registry.clone(), locator.clone());
+        let service = Arc::new(PeerService::new(registry.clone(), metrics.clone()));
+        let (placement, peers) = if clustered {
+            let c = &config.cluster;
+            let ttl = Duration::from_millis(c.membership_ttl_ms);
+            // Take no conversation over once 3/5 of the TTL passed without a renewal: by the
+            // time others see this node expire, it has stopped claiming.
+            let placement = Arc::new(Placement::clustered(&node_id, ttl * 3 / 5));
+            let listen = c.peer_addr.parse().map_err(|e| StartError::Cluster(format!("peer_addr: {e}")))?;
+            let links = Links::start(
+                LinkConfig {
+                    node_id: node_id.clone(),
+                    secret: c.cluster_secret.as_bytes().to_vec(),
+                    listen,
+                    queue_frames: 4096,
+                    heartbeat: Duration::from_millis(1_000),
+                    dead_after: Duration::from_millis(5_000),
+                    call_timeout: Duration::from_millis(c.peer_timeout_ms),
+                    handshake_timeout: Duration::from_secs(5),
+                },
+                service.clone(),
+            )
+            .await
+            .map_err(|e| StartError::Cluster(format!("cannot listen for peers on {listen}: {e}")))?;
+            let advertise = if c.peer_advertise.is_empty() {
+                links.local_addr().to_string()
+            } else {
+                c.peer_advertise.clone()
+            };
+            let membership = Membership {
+                directory: directory.clone(),
+                placement: placement.clone(),
+                links: links.clone(),
+                me: NodeInfo { id: node_id.clone(), peer_addr: advertise },
+                ttl,
+                renew: Duration::from_millis(c.membership_renew_ms),
+            };
+            // The first round before serving, so a healthy cluster is usable at once.
+            membership.round(&mut Default::default()).await;
+            actix::spawn(membership.run());
+            (placement, Some(links))
+        } else {
+            (Arc::new(Placement::single(&node_id)), None)
+        };
+        let remote = peers.clone().map(|links| RemoteDelivery {
+            links,
+            locator: locator.clone(),
+            placement: placement.clone(),
+            metrics: metrics.clone(),
+        });
+        let router = Router::new(registry.clone(), remote).start();
         let owner = Owner::start(
             stores.chat.clone(),
             conversations.clone(),
@@ -145,7 +223,9 @@ impl Node {
             metrics.clone(),
             config.storage.group_commit_max as usize,
             config.owner_shards(),
+            OwnerCluster { placement: placement.clone(), peers: peers.clone() },
         );
+        service.set_owners(owner.clone());
         let accounts = Accounts::from_config(stores.accounts.clone(), &config.security);
         let reader = HistoryReader::new(stores.chat.clone(), conversations.clone());
         let sessions = Arc::new(SessionDeps {
@@ -170,9 +250,47 @@ impl Node {
             metrics,
             sessions,
             stores,
+            placement,
+            peers,
             config: Arc::new(config),
             draining: AtomicBool::new(false),
         }))
+    }
+
+    /// Feeds the directory's cluster-wide events to the Registry (presence pushes) and the
+    /// Locator (where users are).
+    fn forward_directory_events(
+        directory: &dyn ClusterDirectory,
+        registry: Addr<Registry>,
+        locator: Arc<Locator>,
+    ) {
+        let mut events = directory.events();
+        actix::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match events.recv().await {
+                    Ok(event) => {
+                        locator.apply(&event);
+                        if let ClusterEvent::Presence { user, online, last_seen } = event {
+                            registry.do_send(PresenceChanged(PresenceView {
+                                user_id: user,
+                                online,
+                                last_seen,
+                            }));
+                        }
+                    }
+                    Err(RecvError::Lagged(_)) => locator.apply(&ClusterEvent::Resync),
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+
+    /// Whether this node can route: in a cluster, it must have seen the live nodes once. (Not
+    /// the lease: while Redis is down every node keeps its last view and keeps serving, so a
+    /// Redis outage does not empty the load balancer.)
+    pub fn cluster_ready(&self) -> bool {
+        !self.placement.view().is_empty()
     }
 
     pub fn is_draining(&self) -> bool {
@@ -190,6 +308,13 @@ impl Node {
         self.draining.store(true, Ordering::Relaxed);
         let closed = self.registry.send(Drain).await.unwrap_or(0);
         self.owner.flush().await;
+        if self.placement.is_clustered() {
+            // Leave at once, so the others take this node's conversations over without waiting
+            // for its membership to expire.
+            if let Err(e) = self.stores.presence.leave(self.placement.me(), now_millis()).await {
+                tracing::warn!(error = %e, "could not leave the cluster cleanly (membership expires)");
+            }
+        }
         tracing::info!(sessions = closed, "drained: sessions closed, pending writes flushed");
     }
 }

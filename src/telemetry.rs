@@ -66,6 +66,10 @@ pub struct Metrics {
     pub slow_consumers_closed_total: AtomicU64,
     pub group_commits_total: AtomicU64,
     pub owner_restarts_total: AtomicU64,
+    pub ownership_claims_total: AtomicU64,
+    pub appends_fenced_total: AtomicU64,
+    pub peer_requests_total: AtomicU64,
+    pub peer_deliveries_total: AtomicU64,
     pub store_append_seconds: Histogram,
 }
 
@@ -137,6 +141,30 @@ impl Metrics {
             "switchboard_owner_restarts_total",
             "Owner shards restarted after a panic.",
             &self.owner_restarts_total,
+        );
+        counter(
+            &mut out,
+            "switchboard_ownership_claims_total",
+            "Conversations taken over by this node (a new owner epoch, the log fenced).",
+            &self.ownership_claims_total,
+        );
+        counter(
+            &mut out,
+            "switchboard_appends_fenced_total",
+            "Messages refused by the store because a newer owner epoch holds the conversation.",
+            &self.appends_fenced_total,
+        );
+        counter(
+            &mut out,
+            "switchboard_peer_requests_total",
+            "Sends and receipts other nodes forwarded to this node's owners.",
+            &self.peer_requests_total,
+        );
+        counter(
+            &mut out,
+            "switchboard_peer_deliveries_total",
+            "Event batches sent to other nodes (once per node, not per session).",
+            &self.peer_deliveries_total,
         );
         self.store_append_seconds.render(
             &mut out,

@@ -10,9 +10,19 @@
 //! batch becomes one durable append (many messages per fsync). A shard whose batch panics is
 //! restarted in place — its caches are dropped, the batch's callers get `unavailable` (they
 //! retry with the same client_msg_id), and `owner_restarts_total` counts it. A shard is also
-//! the unit the cluster will place on nodes.
+//! restarted in place.
+//!
+//! In a cluster (`Placement::is_clustered`), a conversation is owned by one node at a time
+//! (rendezvous placement). `OwnerHandle` forwards a send or receipt for a conversation owned
+//! elsewhere over the peer link and relays the answer; a shard takes a conversation over with
+//! `MessageLog::claim` (a new epoch, the log fenced) before its first append, and stamps every
+//! append with that epoch, so a paused former owner's late writes are refused by the store
+//! (`Fenced`): its callers get a retryable `unavailable`, never a false `sent`.
 
 use crate::account::Identity;
+use crate::cluster::link::Links;
+use crate::cluster::peer::PeerMsg;
+use crate::cluster::placement::Placement;
 use crate::conversation::directory::{ConversationInfo, Conversations};
 use crate::delivery::SessionEvent;
 use crate::delivery::{Audience, Publish, PublishBatch, Router};
@@ -73,10 +83,19 @@ enum Request {
     Flush(oneshot::Sender<()>),
 }
 
-/// The cloneable address of the owner shards: routes each request to its conversation's shard.
+/// The cloneable address of the owner shards: routes each request to its conversation's shard,
+/// or, in a cluster, to the node that owns the conversation.
 #[derive(Clone)]
 pub struct OwnerHandle {
     shards: Arc<[mpsc::Sender<Request>]>,
+    placement: Arc<Placement>,
+    peers: Option<Links<PeerMsg>>,
+}
+
+/// Where a request for a conversation goes.
+enum Route {
+    Local,
+    Peer(String),
 }
 
 fn overloaded() -> Error {
@@ -96,8 +115,42 @@ impl OwnerHandle {
         &self.shards[shard_of(conversation, self.shards.len())]
     }
 
-    /// Queues a send; the receiver yields `sent` once the message is durable.
+    fn route(&self, conversation: ConversationId) -> Result<Route> {
+        if self.placement.is_local(conversation) {
+            return Ok(Route::Local);
+        }
+        match (self.placement.owner_of(conversation), &self.peers) {
+            (Some(node), Some(_)) => Ok(Route::Peer(node)),
+            _ => Err(Error::new(ErrorCode::Unavailable, "the cluster view is not ready yet; retry")),
+        }
+    }
+
+    /// Queues a send; the receiver yields `sent` once the message is durable (on this node's
+    /// shard, or on the owner node's, the answer relayed).
     pub fn send(&self, request: SendRequest) -> Result<oneshot::Receiver<Result<Sent>>> {
+        match self.route(request.conversation_id)? {
+            Route::Local => self.send_local(request),
+            Route::Peer(node) => {
+                let message = PeerMsg::Send {
+                    user: request.from.user_id,
+                    device: request.from.device_id,
+                    conversation: request.conversation_id,
+                    client_msg_id: request.client_msg_id,
+                    body: request.body,
+                    attachments: request.attachments,
+                };
+                Ok(self.forward(node, message, |reply| match reply {
+                    PeerMsg::Sent { conversation, client_msg_id, seq, message_id, ts } => {
+                        Ok(Sent { conversation_id: conversation, client_msg_id, seq, message_id, ts })
+                    }
+                    other => Err(peer_failure(other)),
+                }))
+            }
+        }
+    }
+
+    /// Queues a send on this node's shard (a peer forwarded it: never forwarded again).
+    pub fn send_local(&self, request: SendRequest) -> Result<oneshot::Receiver<Result<Sent>>> {
         let (reply, rx) = oneshot::channel();
         let shard = self.shard(request.conversation_id);
         shard.try_send(Request::Send(request, reply)).map_err(|_| overloaded())?;
@@ -111,11 +164,63 @@ impl OwnerHandle {
         conversation_id: ConversationId,
         to: Watermarks,
     ) -> Result<oneshot::Receiver<Result<()>>> {
+        match self.route(conversation_id)? {
+            Route::Local => self.advance_local(user, conversation_id, to),
+            Route::Peer(node) => {
+                let message = PeerMsg::Advance {
+                    user,
+                    conversation: conversation_id,
+                    delivered: to.delivered_seq,
+                    read: to.read_seq,
+                };
+                Ok(self.forward(node, message, |reply| match reply {
+                    PeerMsg::Done => Ok(()),
+                    other => Err(peer_failure(other)),
+                }))
+            }
+        }
+    }
+
+    /// Queues a receipt on this node's shard (forwarded by a peer).
+    pub fn advance_local(
+        &self,
+        user: UserId,
+        conversation_id: ConversationId,
+        to: Watermarks,
+    ) -> Result<oneshot::Receiver<Result<()>>> {
         let (reply, rx) = oneshot::channel();
         self.shard(conversation_id)
             .try_send(Request::Watermark { user, conversation_id, to, reply })
             .map_err(|_| overloaded())?;
         Ok(rx)
+    }
+
+    /// Sends a request to the owner node and relays its answer.
+    fn forward<T: Send + 'static>(
+        &self,
+        node: String,
+        message: PeerMsg,
+        answer: impl FnOnce(PeerMsg) -> Result<T> + Send + 'static,
+    ) -> oneshot::Receiver<Result<T>> {
+        let (reply, rx) = oneshot::channel();
+        let links = self.peers.clone();
+        tokio::spawn(async move {
+            let result = match links {
+                Some(links) => match links.call(&node, message).await {
+                    Ok(response) => answer(response),
+                    Err(e) => {
+                        tracing::debug!(peer = %node, error = %e, "forwarding to the owner node failed");
+                        Err(Error::new(
+                            ErrorCode::Unavailable,
+                            "the node owning this conversation cannot be reached; retry",
+                        ))
+                    }
+                },
+                None => Err(Error::internal("no peer link")),
+            };
+            let _ = reply.send(result);
+        });
+        rx
     }
 
     /// Resolves once everything queued before it, on every shard, has been processed.
@@ -130,8 +235,30 @@ impl OwnerHandle {
     }
 }
 
+/// A peer's refusal (or an unexpected reply) as the client's error.
+fn peer_failure(reply: PeerMsg) -> Error {
+    match reply {
+        PeerMsg::Failed { code, message } => Error::new(code, message),
+        other => Error::internal(format!("unexpected peer reply {other:?}")),
+    }
+}
+
+/// Why this shard will not write a conversation now.
+fn not_owner() -> Error {
+    Error::new(ErrorCode::Unavailable, "the conversation is moving to another node; retry")
+}
+
 pub struct Owner {
     store: Arc<dyn ChatStore>,
+    placement: Arc<Placement>,
+    /// The owner epoch this shard holds per conversation it took over (cluster mode).
+    epochs: HashMap<ConversationId, u64>,
+    /// Conversations whose append was fenced, with `Placement::refreshes` at that time: not
+    /// claimed again before a fresher view (so two nodes that disagree do not take a
+    /// conversation from each other in a loop).
+    lost: HashMap<ConversationId, u64>,
+    /// `Placement::refreshes` when the held conversations were last checked against the view.
+    checked_view: u64,
     conversations: Arc<Conversations>,
     router: Addr<Router>,
     metrics: Arc<Metrics>,
@@ -175,6 +302,21 @@ struct Accepted {
     replies: Vec<oneshot::Sender<Result<Sent>>>,
 }
 
+/// What the owner shards need besides the store: where they are (placement) and the link to
+/// the other nodes (`None` on a single node).
+#[derive(Clone)]
+pub struct OwnerCluster {
+    pub placement: Arc<Placement>,
+    pub peers: Option<Links<PeerMsg>>,
+}
+
+impl OwnerCluster {
+    /// A single node: it owns every conversation.
+    pub fn single(node: &str) -> OwnerCluster {
+        OwnerCluster { placement: Arc::new(Placement::single(node)), peers: None }
+    }
+}
+
 impl Owner {
     /// Starts `shards` owner tasks on the current arbiter and returns their handle.
     pub fn start(
@@ -184,12 +326,17 @@ impl Owner {
         metrics: Arc<Metrics>,
         max_batch: usize,
         shards: usize,
+        cluster: OwnerCluster,
     ) -> OwnerHandle {
         let senders: Vec<_> = (0..shards.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(QUEUE_CAPACITY / shards.max(1));
                 let owner = Owner {
                     store: store.clone(),
+                    placement: cluster.placement.clone(),
+                    epochs: HashMap::new(),
+                    lost: HashMap::new(),
+                    checked_view: 0,
                     conversations: conversations.clone(),
                     router: router.clone(),
                     metrics: metrics.clone(),
@@ -201,7 +348,7 @@ impl Owner {
                 tx
             })
             .collect();
-        OwnerHandle { shards: senders.into() }
+        OwnerHandle { shards: senders.into(), placement: cluster.placement, peers: cluster.peers }
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
@@ -223,11 +370,13 @@ impl Owner {
                 Metrics::inc(&self.metrics.owner_restarts_total);
                 batch.clear();
                 self.last_seq.clear();
+                self.epochs.clear();
             }
         }
     }
 
     async fn process(&mut self, batch: &mut Vec<Request>) {
+        self.forget_moved();
         let mut flushes = Vec::new();
         let mut receipts = Vec::new();
         // 1. Membership, and retries of one client_msg_id within the batch (twins).
@@ -304,6 +453,7 @@ impl Owner {
             Ok(last) => last + 1,
             Err(e) => return Err((c, e)),
         };
+        let epoch = self.epochs.get(&c.send.conversation_id).copied().unwrap_or(0);
         // Reserve the seq; `commit` rolls back reservations of a failed batch.
         self.last_seq.insert(c.send.conversation_id, seq);
         let Candidate { send, info, replies } = c;
@@ -318,18 +468,53 @@ impl Owner {
             sealed_body: info.key().seal(send.body.as_bytes(), &info.body_aad(seq)),
             ts: now_millis(),
             attachments: send.attachments,
+            epoch,
         };
         Ok(Accepted { message, body: send.body, audience: info.members.clone(), replies })
     }
 
-    /// The conversation's highest seq: stored, or reserved by the batch being built.
+    /// The conversation's highest seq: stored, or reserved by the batch being built. In a
+    /// cluster, the first use takes the conversation over (a new epoch, the log fenced) if this
+    /// node owns it; otherwise the request is refused as retryable.
     async fn last_seq_of(&mut self, conversation: ConversationId) -> Result<u64> {
         if let Some(seq) = self.last_seq.get(&conversation) {
             return Ok(*seq);
         }
-        let seq = self.store.last_seq(conversation).await?;
-        self.last_seq.insert(conversation, seq);
-        Ok(seq)
+        if !self.placement.is_clustered() {
+            let seq = self.store.last_seq(conversation).await?;
+            self.last_seq.insert(conversation, seq);
+            return Ok(seq);
+        }
+        let refreshes = self.placement.refreshes();
+        if !self.placement.is_local(conversation)
+            || !self.placement.lease_held()
+            || self.lost.get(&conversation).is_some_and(|&at| at >= refreshes)
+        {
+            return Err(not_owner());
+        }
+        let claim = self.store.claim(conversation, self.placement.me()).await?;
+        Metrics::inc(&self.metrics.ownership_claims_total);
+        tracing::debug!(%conversation, epoch = claim.epoch, last_seq = claim.last_seq, "took the conversation over");
+        self.lost.remove(&conversation);
+        self.epochs.insert(conversation, claim.epoch);
+        self.last_seq.insert(conversation, claim.last_seq);
+        Ok(claim.last_seq)
+    }
+
+    /// Drops what this shard holds of conversations the current view gives to another node,
+    /// so that if one comes back it is claimed again (the other node has fenced it).
+    fn forget_moved(&mut self) {
+        if !self.placement.is_clustered() || self.placement.refreshes() == self.checked_view {
+            return;
+        }
+        self.checked_view = self.placement.refreshes();
+        let placement = &self.placement;
+        self.epochs.retain(|c, _| placement.is_local(*c));
+        let epochs = &self.epochs;
+        self.last_seq.retain(|c, _| epochs.contains_key(c));
+        if self.lost.len() > 100_000 {
+            self.lost.clear();
+        }
     }
 
     async fn commit(&mut self, accepted: Vec<Accepted>) {
@@ -354,6 +539,7 @@ impl Owner {
         if result.is_ok() {
             Metrics::inc(&self.metrics.group_commits_total);
         }
+        let fenced = matches!(&result, Err(f) if matches!(f.error, crate::store::StoreError::Fenced(_)));
         let error: Option<Error> = result.err().map(|f| f.error.into());
         // First messages of authors are recorded before `sent`, so whoever the author writes to
         // may watch their presence as soon as the message is acknowledged.
@@ -375,8 +561,14 @@ impl Owner {
                 }
                 events.push(message_event(a.message, a.body, a.audience));
             } else {
-                // Forget the reservation: the next send reloads last_seq from the store.
+                // Forget the reservation: the next send reloads last_seq from the store (in a
+                // cluster: claims the conversation again, unless another node fenced it).
                 self.last_seq.remove(&a.message.conversation_id);
+                self.epochs.remove(&a.message.conversation_id);
+                if fenced {
+                    Metrics::inc(&self.metrics.appends_fenced_total);
+                    self.lost.insert(a.message.conversation_id, self.placement.refreshes());
+                }
                 let error = error.clone().unwrap_or_else(|| Error::internal("append outcome missing"));
                 for reply in a.replies {
                     let _ = reply.send(Err(error.clone()));

@@ -1,10 +1,11 @@
 //! Delivery: events and fan-out to connected sessions. `event` (what a session receives),
-//! `router` (where each user is connected: this node, later a peer node), `registry` (local
-//! sessions by user, presence and watchers). It knows sessions only as
+//! `router` (this node's sessions and, in a cluster, `remote`: once per other node holding
+//! sessions of the audience), `registry` (local sessions by user, presence and watchers). It knows sessions only as
 //! `Recipient<SessionEvent>`; it never imports the session or conversation modules.
 
 pub mod event;
 pub mod registry;
+pub mod remote;
 pub mod router;
 
 pub use event::{Audience, SessionEvent};

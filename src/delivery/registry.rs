@@ -1,16 +1,18 @@
 //! actor Registry: the node's table of connected sessions (user → sessions, with device) and
 //! of presence — who is online, last seen, who watches whom — pushed to watchers on change and
-//! mirrored, with periodic heartbeats, into the `PresenceStore`.
+//! mirrored into the `ClusterDirectory` (a user's first session on this node and last one;
+//! node liveness is renewed by the membership loop, never per user). On a single node presence
+//! changes are pushed from here; in a cluster a user may be online on several nodes, so the
+//! directory's cluster-wide `Presence` events (`PresenceChanged`) drive the pushes instead.
 
 use crate::delivery::Publish;
 use crate::delivery::SessionEvent;
 use crate::model::{DeviceId, Millis, UserId, now_millis};
 use crate::protocol::{ServerFrame, close_code};
-use crate::store::presence::PresenceStore;
-use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult, Recipient, ResponseFuture};
+use crate::store::presence::ClusterDirectory;
+use actix::{Actor, Context, Handler, Message, MessageResult, Recipient, ResponseFuture};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 pub type SessionId = u64;
 
@@ -39,8 +41,9 @@ struct Entry {
 
 pub struct Registry {
     node: String,
-    presence: Arc<dyn PresenceStore>,
-    heartbeat: Duration,
+    presence: Arc<dyn ClusterDirectory>,
+    /// Presence pushes come from the directory's cluster-wide events.
+    clustered: bool,
     sessions: HashMap<SessionId, Entry>,
     by_user: HashMap<UserId, Vec<SessionId>>,
     /// watched user → sessions that subscribed to their presence
@@ -53,11 +56,11 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(node: String, presence: Arc<dyn PresenceStore>, heartbeat: Duration) -> Registry {
+    pub fn new(node: String, presence: Arc<dyn ClusterDirectory>, clustered: bool) -> Registry {
         Registry {
             node,
             presence,
-            heartbeat,
+            clustered,
             sessions: HashMap::new(),
             by_user: HashMap::new(),
             watchers: HashMap::new(),
@@ -95,13 +98,6 @@ impl Actor for Registry {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(MAILBOX);
-        ctx.run_interval(self.heartbeat, |act, _| {
-            let users: Vec<UserId> = act.by_user.keys().copied().collect();
-            let presence = act.presence.clone();
-            let node = act.node.clone();
-            let ttl = 3 * act.heartbeat.as_millis() as u64;
-            Registry::mirror(async move { presence.heartbeat(&node, &users, now_millis(), ttl).await });
-        });
     }
 }
 
@@ -127,9 +123,11 @@ impl Handler<Connect> for Registry {
         sessions.push(msg.session);
         if sessions.len() == 1 {
             self.last_seen.remove(&msg.user);
-            self.notify_watchers(PresenceView { user_id: msg.user, online: true, last_seen: None });
+            if !self.clustered {
+                self.notify_watchers(PresenceView { user_id: msg.user, online: true, last_seen: None });
+            }
             let (presence, node, user) = (self.presence.clone(), self.node.clone(), msg.user);
-            Registry::mirror(async move { presence.set_online(user, &node, now_millis()).await });
+            Registry::mirror(async move { presence.user_connected(user, &node, now_millis()).await });
         }
         true
     }
@@ -162,9 +160,15 @@ impl Handler<Disconnect> for Registry {
             self.by_user.remove(&entry.user);
             let now = now_millis();
             self.last_seen.insert(entry.user, now);
-            self.notify_watchers(PresenceView { user_id: entry.user, online: false, last_seen: Some(now) });
-            let (presence, user) = (self.presence.clone(), entry.user);
-            Registry::mirror(async move { presence.set_offline(user, now).await });
+            if !self.clustered {
+                self.notify_watchers(PresenceView {
+                    user_id: entry.user,
+                    online: false,
+                    last_seen: Some(now),
+                });
+            }
+            let (presence, node, user) = (self.presence.clone(), self.node.clone(), entry.user);
+            Registry::mirror(async move { presence.user_disconnected(user, &node, now).await });
         }
     }
 }
@@ -220,7 +224,7 @@ impl Handler<Subscribe> for Registry {
             }
             if self.by_user.contains_key(&user) {
                 known.push(PresenceView { user_id: user, online: true, last_seen: None });
-            } else if let Some(seen) = self.last_seen.get(&user) {
+            } else if let Some(seen) = self.last_seen.get(&user).filter(|_| !self.clustered) {
                 known.push(PresenceView { user_id: user, online: false, last_seen: Some(*seen) });
             } else {
                 ask_store.push(user);
@@ -228,9 +232,8 @@ impl Handler<Subscribe> for Registry {
         }
         let presence = self.presence.clone();
         Box::pin(async move {
-            let now = now_millis();
             for user in ask_store {
-                let record = presence.get(user, now).await.ok().flatten();
+                let record = presence.presence(user).await.ok().flatten();
                 known.push(match record {
                     Some(r) => PresenceView {
                         user_id: user,
@@ -242,6 +245,22 @@ impl Handler<Subscribe> for Registry {
             }
             known
         })
+    }
+}
+
+/// A cluster-wide presence change (from the directory's events): pushed to this node's
+/// watchers of the user.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PresenceChanged(pub PresenceView);
+
+impl Handler<PresenceChanged> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: PresenceChanged, _: &mut Context<Self>) {
+        if self.clustered {
+            self.notify_watchers(msg.0);
+        }
     }
 }
 

@@ -1,12 +1,13 @@
-//! actor Router: delivers a conversation event to every connected device of its audience. It
-//! resolves where each user is connected through the Registry; in the single-node default
-//! every session is local, and the cluster issue adds the hand-off to the peer link of the
-//! node holding the rest.
+//! actor Router: delivers a conversation event to every connected device of its audience:
+//! this node's sessions through the Registry, and in a cluster each other node holding
+//! sessions of the audience once, over the peer link (`remote`).
 //!
-//! Ordering: the owner publishes each conversation's events in seq order, and the Router and
-//! Registry mailboxes are FIFO, so every session receives them in seq order.
+//! Ordering: the owner publishes each conversation's events in seq order and awaits each
+//! batch; the Registry mailbox and each peer link are FIFO, so every session receives them in
+//! seq order.
 
 use super::registry::{Deliver, Registry};
+use super::remote::RemoteDelivery;
 use crate::delivery::{Audience, SessionEvent};
 use crate::model::UserId;
 use actix::{Actor, Addr, Context, Handler, Message, ResponseFuture};
@@ -32,11 +33,12 @@ const MAILBOX: usize = 1024;
 
 pub struct Router {
     registry: Addr<Registry>,
+    remote: Option<RemoteDelivery>,
 }
 
 impl Router {
-    pub fn new(registry: Addr<Registry>) -> Router {
-        Router { registry }
+    pub fn new(registry: Addr<Registry>, remote: Option<RemoteDelivery>) -> Router {
+        Router { registry, remote }
     }
 }
 
@@ -53,7 +55,11 @@ impl Handler<Publish> for Router {
 
     /// Ephemeral events from sessions (typing): best effort, never waited for.
     fn handle(&mut self, msg: Publish, _: &mut Context<Self>) {
-        // Every user's node is this node in the single-node default.
+        if let Some(remote) = self.remote.clone() {
+            let copy =
+                Publish { audience: msg.audience.clone(), except: msg.except, event: msg.event.clone() };
+            actix::spawn(async move { remote.deliver_ephemeral(&[copy]).await });
+        }
         if self.registry.try_send(Deliver(vec![msg])).is_err() {
             tracing::debug!("registry busy: an ephemeral event was dropped");
         }
@@ -64,11 +70,22 @@ impl Handler<PublishBatch> for Router {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, msg: PublishBatch, _: &mut Context<Self>) -> Self::Result {
-        // Every user's node is this node in the single-node default. The reply resolves once
-        // the Registry has handed the batch to the sessions, in order.
+        // The reply resolves once the Registry has handed the batch to this node's sessions and
+        // every other node concerned has it queued on its link, in order.
+        let remote = self.remote.clone().map(|remote| {
+            let copies: Vec<Publish> = msg
+                .0
+                .iter()
+                .map(|p| Publish { audience: p.audience.clone(), except: p.except, event: p.event.clone() })
+                .collect();
+            (remote, copies)
+        });
         let delivered = self.registry.send(Deliver(msg.0));
         Box::pin(async move {
             let _ = delivered.await;
+            if let Some((remote, events)) = remote {
+                remote.deliver(&events).await;
+            }
         })
     }
 }

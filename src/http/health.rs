@@ -17,6 +17,9 @@ pub async fn readyz(node: NodeData) -> HttpResponse {
         Ok(()) if !node.key_checked() => HttpResponse::ServiceUnavailable().json(
             serde_json::json!({ "status": "starting", "detail": "checking the master key against the store" }),
         ),
+        Ok(()) if !node.cluster_ready() => HttpResponse::ServiceUnavailable().json(
+            serde_json::json!({ "status": "starting", "detail": "no view of the cluster yet (is Redis reachable?)" }),
+        ),
         Ok(()) => HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })),
         Err(e) => HttpResponse::ServiceUnavailable()
             .json(serde_json::json!({ "status": "store unavailable", "detail": e.to_string() })),

@@ -1,11 +1,12 @@
 //! Persistence ports, one trait per role — `AccountStore`, `DirectoryStore`, `MessageLog`,
-//! `ReceiptStore`, `PresenceStore` (`ChatStore` is the union a chat backend provides) — the
+//! `ReceiptStore`, `ClusterDirectory` (`ChatStore` is the union a chat backend provides) — the
 //! contract every backend meets (proven by `tests/it/store_conformance.rs`), their error
 //! types, and `Stores::open`, the one place a backend is chosen from config.
 
 pub mod cassandra;
 pub mod embedded;
 pub mod presence;
+pub mod redis_directory;
 
 use crate::config::Config;
 use crate::model::{
@@ -26,6 +27,18 @@ pub enum StoreError {
     /// Stored bytes could not be decoded.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// The write carried an owner epoch that is no longer the conversation's: another node has
+    /// taken the conversation over (cluster fencing). Nothing was written.
+    #[error("fenced: {0}")]
+    Fenced(String),
+}
+
+/// What taking over a conversation's log gives its new owner: the epoch every append must
+/// carry, and the highest seq stored when the log was fenced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub epoch: u64,
+    pub last_seq: u64,
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -110,7 +123,17 @@ pub trait MessageLog: Send + Sync + 'static {
     /// Stores the messages and their client-id index durably (one sync for the whole batch:
     /// group commit). Seqs are assigned by the caller, the conversation's single writer. On
     /// error, `AppendError::stored` says which messages are stored anyway.
+    ///
+    /// Fencing: a message with `epoch > 0` is stored only while that epoch is the
+    /// conversation's current owner epoch (set by `claim`); otherwise that conversation's
+    /// messages get `Fenced` and none of them is stored. `epoch == 0` appends unconditionally
+    /// (single node: the one process is the only writer).
     async fn append(&self, messages: &[StoredMessage]) -> Result<(), AppendError>;
+    /// Takes the conversation's log over for `node`: bumps its owner epoch (a conditional
+    /// write), fences the log so appends under any older epoch are refused from now on, and
+    /// returns the new epoch with the highest seq stored. Linearizable with `append`: every
+    /// append under an older epoch either is included in `last_seq` or is refused.
+    async fn claim(&self, conversation: ConversationId, node: &str) -> StoreResult<Claim>;
     /// The message an author stored with this client id, if any (idempotency).
     async fn message_by_client_id(
         &self,
@@ -186,7 +209,7 @@ pub struct Stores {
     pub meta: Arc<dyn MetaStore>,
     pub accounts: Arc<dyn AccountStore>,
     pub chat: Arc<dyn ChatStore>,
-    pub presence: Arc<dyn presence::PresenceStore>,
+    pub presence: Arc<dyn presence::ClusterDirectory>,
 }
 
 impl Stores {
@@ -194,7 +217,7 @@ impl Stores {
     /// inside a tokio runtime); until it is reachable with the right schema, calls answer
     /// `Unavailable`.
     pub fn open(config: &Config) -> StoreResult<Stores> {
-        let presence = Arc::new(presence::MemoryPresence::default());
+        let presence: Arc<dyn presence::ClusterDirectory> = Arc::new(presence::MemoryDirectory::default());
         // `Config::validate` admits only the backends this build has.
         if config.storage.store_backend == "cassandra" {
             let cassandra_config =

@@ -1,109 +1,198 @@
-//! Presence port: `PresenceStore`, where the Registry mirrors which node holds each online user
-//! and the heartbeats of users and nodes (the seeds' `user | node | heartbeat` table), and
-//! `MemoryPresence`, its in-process backend for the single-node default.
+//! Presence and cluster directory port: `ClusterDirectory` — which nodes are alive (membership
+//! with a TTL), which nodes hold sessions of each user (the seeds' `user | node | heartbeat`
+//! table), last seen, and the cluster-wide event stream of presence and location changes —
+//! and `MemoryDirectory`, its in-process backend for the single-node default. The Redis backend
+//! is `store::redis_directory`.
 
 use super::StoreResult;
 use crate::model::{Millis, UserId};
 use async_trait::async_trait;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
+use std::time::Instant;
+use tokio::sync::broadcast;
 
-/// What the presence backend knows of one user.
+/// A live node and the address its peers dial (the inter-node link).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub id: String,
+    pub peer_addr: String,
+}
+
+/// What the directory knows of one user's presence.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PresenceRecord {
-    /// The node holding the user's sessions while online.
-    pub node: Option<String>,
     pub online: bool,
-    /// When the user was last seen online (set when going offline; refreshed by heartbeats).
+    /// When the user's last session anywhere closed (set when going offline).
     pub last_seen: Option<Millis>,
 }
 
+/// Published to every node when something changes anywhere in the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterEvent {
+    /// The user's first session anywhere opened, or the last one anywhere closed.
+    Presence { user: UserId, online: bool, last_seen: Option<Millis> },
+    /// A node gained its first session of the user (`present`) or lost its last one.
+    Located { user: UserId, node: String, present: bool },
+    /// The event stream was interrupted: caches built from events must be dropped.
+    Resync,
+}
+
 #[async_trait]
-pub trait PresenceStore: Send + Sync + 'static {
-    /// The user has a session on `node`.
-    async fn set_online(&self, user: UserId, node: &str, at: Millis) -> StoreResult<()>;
-    /// The user's last session on this node closed at `at`.
-    async fn set_offline(&self, user: UserId, at: Millis) -> StoreResult<()>;
-    /// Refreshes the node's liveness and the heartbeat of each online user it holds. A user
-    /// whose node stops heartbeating counts as offline once `ttl_ms` has passed.
-    async fn heartbeat(&self, node: &str, users: &[UserId], at: Millis, ttl_ms: u64) -> StoreResult<()>;
-    /// The user's presence as of `now`; `None` if never seen.
-    async fn get(&self, user: UserId, now: Millis) -> StoreResult<Option<PresenceRecord>>;
-    /// Nodes whose heartbeat has not expired at `now`.
-    async fn live_nodes(&self, now: Millis) -> StoreResult<Vec<String>>;
+pub trait ClusterDirectory: Send + Sync + 'static {
+    /// Renews this node's membership for `ttl_ms`. `Ok` only if the backend confirmed it.
+    async fn renew_node(&self, node: &NodeInfo, ttl_ms: u64) -> StoreResult<()>;
+    /// Nodes whose membership has not expired, sorted by id.
+    async fn live_nodes(&self) -> StoreResult<Vec<NodeInfo>>;
+    /// Graceful leave: drops the membership and every user mark of the node.
+    async fn leave(&self, node: &str, at: Millis) -> StoreResult<()>;
+    /// The user's first session on `node` opened (one round trip).
+    async fn user_connected(&self, user: UserId, node: &str, at: Millis) -> StoreResult<()>;
+    /// The user's last session on `node` closed; if no node holds them any more, `at` becomes
+    /// their last seen (one round trip).
+    async fn user_disconnected(&self, user: UserId, node: &str, at: Millis) -> StoreResult<()>;
+    /// For each user, the live nodes holding sessions of them (one round trip for the slice).
+    async fn nodes_of(&self, users: &[UserId]) -> StoreResult<Vec<Vec<String>>>;
+    /// Online iff a live node holds the user; `None` if never seen.
+    async fn presence(&self, user: UserId) -> StoreResult<Option<PresenceRecord>>;
+    /// Removes every user mark of a dead node (or of this node's previous run); idempotent.
+    /// Returns how many users it cleared.
+    async fn clear_node(&self, node: &str, at: Millis) -> StoreResult<usize>;
+    /// The cluster's events, this node's own included.
+    fn events(&self) -> broadcast::Receiver<ClusterEvent>;
+    /// Whether the backend answers now.
+    async fn ping(&self) -> StoreResult<()>;
 }
 
-#[derive(Clone, Debug)]
-struct Entry {
-    node: Option<String>,
-    online: bool,
-    heartbeat_at: Millis,
-    expires_at: Millis,
+/// The directory in this process's memory: complete for a single node, empty after a restart
+/// (users are shown offline with no last-seen until they connect again).
+pub struct MemoryDirectory {
+    state: Mutex<MemoryState>,
+    events: broadcast::Sender<ClusterEvent>,
 }
 
-/// Presence in this process's memory: complete for a single node, lost on restart (users are
-/// then shown offline with no last-seen until they connect again).
 #[derive(Default)]
-pub struct MemoryPresence {
-    users: Mutex<HashMap<UserId, Entry>>,
-    nodes: Mutex<HashMap<String, Millis>>,
+struct MemoryState {
+    nodes: BTreeMap<String, (String, Instant)>,
+    users: HashMap<UserId, BTreeSet<String>>,
+    last_seen: HashMap<UserId, Millis>,
 }
 
-/// How long an online mark lives without a heartbeat when first set.
-const INITIAL_TTL_MS: Millis = 60_000;
+impl Default for MemoryDirectory {
+    fn default() -> Self {
+        MemoryDirectory { state: Mutex::default(), events: broadcast::channel(1024).0 }
+    }
+}
+
+impl MemoryDirectory {
+    fn state(&self) -> std::sync::MutexGuard<'_, MemoryState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self, event: ClusterEvent) {
+        // No receiver is fine.
+        let _ = self.events.send(event);
+    }
+
+    /// Removes `node` from the user's nodes; publishes what changed.
+    fn unmark(&self, state: &mut MemoryState, user: UserId, node: &str, at: Millis) {
+        let Some(nodes) = state.users.get_mut(&user) else { return };
+        if !nodes.remove(node) {
+            return;
+        }
+        self.publish(ClusterEvent::Located { user, node: node.to_owned(), present: false });
+        if nodes.is_empty() {
+            state.users.remove(&user);
+            state.last_seen.insert(user, at);
+            self.publish(ClusterEvent::Presence { user, online: false, last_seen: Some(at) });
+        }
+    }
+
+    fn live(state: &MemoryState, node: &str) -> bool {
+        state.nodes.get(node).is_none_or(|(_, expires)| *expires > Instant::now())
+    }
+}
 
 #[async_trait]
-impl PresenceStore for MemoryPresence {
-    async fn set_online(&self, user: UserId, node: &str, at: Millis) -> StoreResult<()> {
-        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
-        users.insert(
-            user,
-            Entry {
-                node: Some(node.to_owned()),
-                online: true,
-                heartbeat_at: at,
-                expires_at: at + INITIAL_TTL_MS,
-            },
-        );
+impl ClusterDirectory for MemoryDirectory {
+    async fn renew_node(&self, node: &NodeInfo, ttl_ms: u64) -> StoreResult<()> {
+        let expires = Instant::now() + std::time::Duration::from_millis(ttl_ms);
+        self.state().nodes.insert(node.id.clone(), (node.peer_addr.clone(), expires));
         Ok(())
     }
 
-    async fn set_offline(&self, user: UserId, at: Millis) -> StoreResult<()> {
-        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
-        users.insert(user, Entry { node: None, online: false, heartbeat_at: at, expires_at: at });
+    async fn live_nodes(&self) -> StoreResult<Vec<NodeInfo>> {
+        let now = Instant::now();
+        Ok(self
+            .state()
+            .nodes
+            .iter()
+            .filter(|(_, (_, expires))| *expires > now)
+            .map(|(id, (addr, _))| NodeInfo { id: id.clone(), peer_addr: addr.clone() })
+            .collect())
+    }
+
+    async fn leave(&self, node: &str, at: Millis) -> StoreResult<()> {
+        self.clear_node(node, at).await?;
+        self.state().nodes.remove(node);
         Ok(())
     }
 
-    async fn heartbeat(&self, node: &str, online: &[UserId], at: Millis, ttl_ms: u64) -> StoreResult<()> {
-        let expires_at = at + ttl_ms as Millis;
-        self.nodes.lock().unwrap_or_else(|p| p.into_inner()).insert(node.to_owned(), expires_at);
-        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
-        for user in online {
-            users.insert(
-                *user,
-                Entry { node: Some(node.to_owned()), online: true, heartbeat_at: at, expires_at },
-            );
+    async fn user_connected(&self, user: UserId, node: &str, _at: Millis) -> StoreResult<()> {
+        let mut state = self.state();
+        let nodes = state.users.entry(user).or_default();
+        let first = nodes.is_empty();
+        if nodes.insert(node.to_owned()) {
+            self.publish(ClusterEvent::Located { user, node: node.to_owned(), present: true });
+        }
+        if first {
+            self.publish(ClusterEvent::Presence { user, online: true, last_seen: None });
         }
         Ok(())
     }
 
-    async fn get(&self, user: UserId, now: Millis) -> StoreResult<Option<PresenceRecord>> {
-        let users = self.users.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(users.get(&user).map(|e| {
-            let online = e.online && e.expires_at > now;
-            PresenceRecord {
-                node: if online { e.node.clone() } else { None },
-                online,
-                last_seen: Some(e.heartbeat_at),
-            }
-        }))
+    async fn user_disconnected(&self, user: UserId, node: &str, at: Millis) -> StoreResult<()> {
+        let mut state = self.state();
+        self.unmark(&mut state, user, node, at);
+        Ok(())
     }
 
-    async fn live_nodes(&self, now: Millis) -> StoreResult<Vec<String>> {
-        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        let mut live: Vec<String> =
-            nodes.iter().filter(|(_, exp)| **exp > now).map(|(n, _)| n.clone()).collect();
-        live.sort();
-        Ok(live)
+    async fn nodes_of(&self, users: &[UserId]) -> StoreResult<Vec<Vec<String>>> {
+        let state = self.state();
+        Ok(users
+            .iter()
+            .map(|u| {
+                state
+                    .users
+                    .get(u)
+                    .map(|nodes| nodes.iter().filter(|n| Self::live(&state, n)).cloned().collect())
+                    .unwrap_or_default()
+            })
+            .collect())
+    }
+
+    async fn presence(&self, user: UserId) -> StoreResult<Option<PresenceRecord>> {
+        let state = self.state();
+        let online = state.users.get(&user).is_some_and(|nodes| nodes.iter().any(|n| Self::live(&state, n)));
+        let last_seen = state.last_seen.get(&user).copied();
+        Ok((online || last_seen.is_some()).then_some(PresenceRecord { online, last_seen }))
+    }
+
+    async fn clear_node(&self, node: &str, at: Millis) -> StoreResult<usize> {
+        let mut state = self.state();
+        let users: Vec<UserId> =
+            state.users.iter().filter(|(_, nodes)| nodes.contains(node)).map(|(u, _)| *u).collect();
+        for user in &users {
+            self.unmark(&mut state, *user, node, at);
+        }
+        Ok(users.len())
+    }
+
+    fn events(&self) -> broadcast::Receiver<ClusterEvent> {
+        self.events.subscribe()
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        Ok(())
     }
 }

@@ -130,11 +130,17 @@ impl Server {
     }
 
     pub fn api(&self) -> Api {
-        Api { base: format!("http://{}", self.addr), http: reqwest::Client::new() }
+        Api::at(&self.addr)
     }
 
     pub fn ws_url(&self) -> String {
         format!("ws://{}/v1/ws", self.addr)
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, …) to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("running");
+        std::process::Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status().unwrap();
     }
 
     /// SIGKILL: no chance to flush anything.
@@ -239,6 +245,11 @@ pub struct Api {
 }
 
 impl Api {
+    /// The REST API at `addr` (host:port).
+    pub fn at(addr: &str) -> Api {
+        Api { base: format!("http://{addr}"), http: reqwest::Client::new() }
+    }
+
     pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
         let mut req = self.http.post(format!("{}{path}", self.base)).json(&body);
         if let Some(t) = token {
@@ -303,6 +314,31 @@ impl Ws {
         let mut ws = Ws { stream, welcome: Value::Null };
         ws.welcome = ws.expect("welcome").await;
         ws
+    }
+
+    /// Connects to `addr` (host:port), `None` if that fails or `welcome` does not come in time.
+    pub async fn try_connect(addr: &str, account: &Account, wait: Duration) -> Option<Ws> {
+        let mut request = format!("ws://{addr}/v1/ws").into_client_request().ok()?;
+        request.headers_mut().insert("Authorization", format!("Bearer {}", account.token).parse().ok()?);
+        let (stream, _) =
+            tokio::time::timeout(wait, tokio_tungstenite::connect_async(request)).await.ok()?.ok()?;
+        let mut ws = Ws { stream, welcome: Value::Null };
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let frame =
+                ws.next_within(deadline.saturating_duration_since(tokio::time::Instant::now())).await?;
+            if frame["type"] == "welcome" {
+                ws.welcome = frame;
+                return Some(ws);
+            }
+        }
+    }
+
+    /// Sends a frame; `false` if the connection is gone.
+    pub async fn try_send(&mut self, frame: Value) -> bool {
+        tokio::time::timeout(Duration::from_secs(2), self.stream.send(Message::text(frame.to_string())))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Connects without credentials (the first frame must be `auth`).

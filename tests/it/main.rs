@@ -4,6 +4,8 @@
 //! - `chat`: end-to-end delivery, sync, devices, receipts, presence, typing, idempotency.
 //! - `bench_smoke`: the load generator's quick run, so it cannot rot.
 //! - `cassandra_fault`: 3 Cassandra nodes, one SIGKILLed under load (run by scripts/test).
+//! - `cluster`: 3 switchboard nodes on Cassandra and Redis (behind HAProxy): cross-node chat and
+//!   presence, SIGKILL and SIGSTOP chaos with the no-loss/no-dup/no-gap/epoch checks.
 //! - `hostile`: a client that never reads (bounded memory, closed in time), a user far behind
 //!   catching up through repeated sync rounds.
 //! - `master_key`: a lost or different master key is refused at start, naming the fix.
@@ -13,7 +15,9 @@
 //! - `restart`: SIGKILL and SIGTERM: nothing acked is lost, seq continues gaplessly.
 //! - `store_conformance`: one suite against every `AccountStore`/`ChatStore` backend.
 //! - `store_unavailable`: a store that is down or has no schema: unready, clear errors, recovery.
-//! - `presence_conformance`: the `PresenceStore` contract.
+//! - `presence_conformance`: the `ClusterDirectory` contract (memory, Redis).
+//! - `redis_directory`: the Redis backend against its own redis-server children: restart,
+//!   Sentinel failover, fail-fast while down, one round trip per operation.
 //! - `full_disk`: the data dir on a small tmpfs: refused sends, unready, recovery, nothing lost.
 //! - `config_file`: the shipped config is valid and equals the defaults.
 //! - `tidy`: repository rules (module headers, the CI command matches the README).
@@ -22,6 +26,7 @@ mod bad_input;
 mod bench_smoke;
 mod cassandra_fault;
 mod chat;
+mod cluster;
 mod config_file;
 mod full_disk;
 mod harness;
@@ -30,6 +35,7 @@ mod login_limits;
 mod master_key;
 mod owner_restart;
 mod presence_conformance;
+mod redis_directory;
 mod restart;
 mod store_conformance;
 mod store_unavailable;

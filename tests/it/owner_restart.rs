@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use switchboard::account::Identity;
 use switchboard::conversation::directory::Conversations;
-use switchboard::conversation::owner::{Owner, SendRequest};
+use switchboard::conversation::owner::{Owner, OwnerCluster, SendRequest};
 use switchboard::crypto::MasterKey;
 use switchboard::delivery::{Registry, Router};
 use switchboard::model::*;
 use switchboard::store::embedded::EmbeddedStore;
-use switchboard::store::presence::MemoryPresence;
-use switchboard::store::{AppendError, DirectoryStore, MessageLog, ReceiptStore, StoreResult};
+use switchboard::store::presence::MemoryDirectory;
+use switchboard::store::{AppendError, Claim, DirectoryStore, MessageLog, ReceiptStore, StoreResult};
 use switchboard::telemetry::Metrics;
 
 /// The embedded store, except that the first append panics.
@@ -56,6 +56,9 @@ impl MessageLog for PanicsOnce {
     async fn append(&self, messages: &[StoredMessage]) -> Result<(), AppendError> {
         assert!(!self.armed.swap(false, Ordering::SeqCst), "injected panic in append");
         self.inner.append(messages).await
+    }
+    async fn claim(&self, c: ConversationId, node: &str) -> StoreResult<Claim> {
+        self.inner.claim(c, node).await
     }
     async fn message_by_client_id(
         &self,
@@ -117,12 +120,18 @@ async fn a_panicking_shard_is_restarted_and_counted() {
         armed: AtomicBool::new(true),
     });
     let conversations = Arc::new(Conversations::new(store.clone(), Some(MasterKey::generate())));
-    let registry =
-        Registry::new("n1".into(), Arc::new(MemoryPresence::default()), std::time::Duration::from_secs(15))
-            .start();
-    let router = Router::new(registry).start();
+    let registry = Registry::new("n1".into(), Arc::new(MemoryDirectory::default()), false).start();
+    let router = Router::new(registry, None).start();
     let metrics = Arc::new(Metrics::default());
-    let owners = Owner::start(store.clone(), conversations.clone(), router, metrics.clone(), 64, 2);
+    let owners = Owner::start(
+        store.clone(),
+        conversations.clone(),
+        router,
+        metrics.clone(),
+        64,
+        2,
+        OwnerCluster::single("node-1"),
+    );
     let (alice, bob) = (UserId::generate(), UserId::generate());
     let conversation = conversations.open_direct(alice, bob).await.unwrap().id;
     let from = Identity { user_id: alice, device_id: DeviceId::generate() };

@@ -138,6 +138,7 @@ fn message(c: ConversationId, author: UserId, seq: u64, client_msg_id: &str) -> 
         sealed_body: format!("sealed {seq}").into_bytes(),
         ts: now_millis(),
         attachments: vec![],
+        epoch: 0,
     }
 }
 
@@ -633,5 +634,58 @@ async fn meta_is_initialised_once() {
         answers.dedup();
         assert_eq!(answers.len(), 1, "{}: {answers:?}", b.name);
         assert_eq!(b.meta.meta(&key).await.unwrap(), Some(answers[0].clone()), "{}", b.name);
+    }
+}
+
+fn fenced(c: ConversationId, author: UserId, seq: u64, epoch: u64) -> StoredMessage {
+    StoredMessage { epoch, ..message(c, author, seq, &format!("e{epoch}-{seq}")) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_fences_out_every_older_epoch() {
+    // Cluster ownership: a takeover's epoch refuses a paused former owner's late appends, in
+    // the bucket it was writing and in the next one, and a stale client id never replaces the
+    // one the new owner recorded.
+    for b in backends().await {
+        let (x, y) = (UserId::generate(), UserId::generate());
+        let c = b.chat.create_direct(&direct(x, y)).await.unwrap().id;
+        let first = b.chat.claim(c, "n1").await.unwrap();
+        assert_eq!(first.last_seq, 0, "{}", b.name);
+        b.chat.append(&[fenced(c, x, 1, first.epoch), fenced(c, x, 2, first.epoch)]).await.unwrap();
+        let second = b.chat.claim(c, "n2").await.unwrap();
+        assert!(second.epoch > first.epoch, "{}", b.name);
+        assert_eq!(second.last_seq, 2, "{}", b.name);
+        // The old owner wakes up and writes on: refused, nothing stored.
+        let late = b.chat.append(&[fenced(c, x, 3, first.epoch)]).await.unwrap_err();
+        assert!(matches!(late.error, StoreError::Fenced(_)), "{}: {:?}", b.name, late.error);
+        assert!(late.stored.is_empty());
+        b.chat.append(&[fenced(c, y, 3, second.epoch)]).await.unwrap();
+        let stored = b.chat.messages_after(c, 0, 10).await.unwrap();
+        assert_eq!(stored.iter().map(|m| m.seq).collect::<Vec<_>>(), [1, 2, 3], "{}", b.name);
+        assert_eq!(stored[2].author_id, y, "{}: the new owner's message stands", b.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_at_a_bucket_end_fences_the_next_bucket_too() {
+    for b in backends().await {
+        let (x, y) = (UserId::generate(), UserId::generate());
+        let c = b.chat.create_direct(&direct(x, y)).await.unwrap().id;
+        let old = b.chat.claim(c, "n1").await.unwrap();
+        let all: Vec<StoredMessage> = (1..4096).map(|s| fenced(c, x, s, old.epoch)).collect();
+        for batch in all.chunks(1000) {
+            b.chat.append(batch).await.unwrap();
+        }
+        let new = b.chat.claim(c, "n2").await.unwrap();
+        assert_eq!(new.last_seq, 4095, "{}", b.name);
+        // seq 4096 opens the next bucket: the old owner cannot claim it first.
+        let late = b.chat.append(&[fenced(c, x, 4096, old.epoch)]).await.unwrap_err();
+        assert!(matches!(late.error, StoreError::Fenced(_)), "{}: {:?}", b.name, late.error);
+        assert_eq!(b.chat.last_seq(c).await.unwrap(), 4095, "{}", b.name);
+        b.chat.append(&[fenced(c, y, 4096, new.epoch), fenced(c, y, 4097, new.epoch)]).await.unwrap();
+        assert_eq!(b.chat.last_seq(c).await.unwrap(), 4097, "{}", b.name);
+        // Unfenced (single-node) appends still work on a claimed log.
+        b.chat.append(&[message(c, y, 4098, "plain")]).await.unwrap();
+        assert_eq!(b.chat.last_seq(c).await.unwrap(), 4098, "{}", b.name);
     }
 }

@@ -41,6 +41,10 @@ impl MessageLog for CassandraStore {
         )
     }
 
+    async fn claim(&self, conversation: ConversationId, node: &str) -> StoreResult<crate::store::Claim> {
+        self.c()?.claim(conversation, node).await
+    }
+
     async fn message_by_client_id(
         &self,
         conversation: ConversationId,

@@ -163,6 +163,7 @@ fn message_from_row(r: MessageRow) -> StoredMessage {
         sealed_body,
         ts,
         attachments: attachments.unwrap_or_default(),
+        epoch: 0,
     }
 }
 
@@ -377,8 +378,10 @@ impl Connected {
                 Some(b) => self.rows::<(i64,)>(&self.st.bucket_below, (id.0, b)).await?,
             };
             let Some((bucket,)) = bucket.into_iter().next() else { return Ok(0) };
-            let last = self.rows::<(i64,)>(&self.st.last_in_bucket, (id.0, bucket)).await?;
-            if let Some((seq,)) = last.first() {
+            // A bucket fenced by a takeover but not written yet holds only its static column:
+            // its row has no seq.
+            let last = self.rows::<(Option<i64>,)>(&self.st.last_in_bucket, (id.0, bucket)).await?;
+            if let Some((Some(seq),)) = last.first() {
                 return Ok(*seq as u64);
             }
             below = Some(bucket);
@@ -417,7 +420,13 @@ impl Connected {
         let ids = try_join_all(messages.iter().map(|m| {
             self.run(
                 &self.st.insert_client_id,
-                (m.conversation_id.0, m.author_id.0, m.client_msg_id.as_str(), m.seq as i64),
+                (
+                    m.conversation_id.0,
+                    m.author_id.0,
+                    m.client_msg_id.as_str(),
+                    m.seq as i64,
+                    client_id_timestamp(m),
+                ),
             )
         }))
         .await;
@@ -450,28 +459,166 @@ impl Connected {
             }
             known_buckets.insert((conversation, bucket));
         }
+        let epoch = rows[0].epoch;
+        if epoch > 0 {
+            return self.write_fenced_chunk(rows, bucket).await;
+        }
         let mut batch = Batch::new(BatchType::Unlogged);
         batch.set_is_idempotent(true);
         let mut values = Vec::with_capacity(rows.len());
         for m in rows {
             batch.append_statement(self.st.insert_message.clone());
-            values.push((
-                bucket,
-                m.conversation_id.0,
-                m.seq as i64,
-                m.message_id.0,
-                m.author_id.0,
-                m.device_id.0,
-                m.client_msg_id.as_str(),
-                kind_str(m.kind),
-                m.sealed_body.as_slice(),
-                m.ts,
-                &m.attachments,
-            ));
+            values.push(message_values(bucket, m));
         }
         self.session.batch(&batch, values).await.map_err(unavailable)?;
         Ok(())
     }
+
+    /// A chunk written only while its epoch owns the partition: one conditional batch (a
+    /// Paxos round in the messages partition) whose condition is the static `owner_epoch`. The
+    /// first write into a bucket nobody has fenced claims it (`owner_epoch = null`).
+    async fn write_fenced_chunk(&self, rows: &[&StoredMessage], bucket: i64) -> StoreResult<()> {
+        let epoch = rows[0].epoch as i64;
+        let conversation = rows[0].conversation_id.0;
+        let mut expect_empty = false;
+        loop {
+            let mut batch = Batch::new(BatchType::Unlogged);
+            let condition = if expect_empty { &self.st.fence_empty } else { &self.st.hold_epoch };
+            batch.append_statement(condition.clone());
+            let mut values: Vec<Box<dyn scylla::serialize::row::SerializeRow + Send + Sync + '_>> =
+                Vec::with_capacity(rows.len() + 1);
+            if expect_empty {
+                values.push(Box::new((epoch, conversation, bucket)));
+            } else {
+                values.push(Box::new((epoch, conversation, bucket, epoch)));
+            }
+            for m in rows {
+                batch.append_statement(self.st.insert_message.clone());
+                values.push(Box::new(message_values(bucket, m)));
+            }
+            let result = self.session.batch(&batch, values).await.map_err(unavailable)?;
+            let outcome = lwt_outcome(result)?;
+            if outcome.applied {
+                return Ok(());
+            }
+            match outcome.column("owner_epoch") {
+                None if !expect_empty => expect_empty = true,
+                current => {
+                    return Err(StoreError::Fenced(format!(
+                        "conversation {conversation} bucket {bucket}: owner epoch is {current:?}, this write has {epoch}"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// The conversation's current owner epoch (a serial read), if it was ever claimed.
+    async fn owner_epoch(&self, conversation: ConversationId) -> StoreResult<Option<i64>> {
+        let rows = self.rows::<(Option<i64>,)>(&self.st.owner_epoch, (conversation.0,)).await?;
+        Ok(rows.into_iter().next().and_then(|(e,)| e))
+    }
+
+    /// Raises the conversation's owner epoch by one with a conditional write; retries when
+    /// another claim won the race (it then bumps past that one).
+    async fn bump_owner(&self, conversation: ConversationId, node: &str) -> StoreResult<i64> {
+        for _ in 0..16 {
+            let now = crate::model::now_millis();
+            let (applied, epoch) = match self.owner_epoch(conversation).await? {
+                None => {
+                    let result = self
+                        .session
+                        .execute_unpaged(&self.st.insert_owner, (conversation.0, node, now))
+                        .await;
+                    (lwt_outcome(result.map_err(unavailable)?)?.applied, 1)
+                }
+                Some(e) => {
+                    let values = (e + 1, node, now, conversation.0, e);
+                    let result = self.session.execute_unpaged(&self.st.bump_owner, values).await;
+                    (lwt_outcome(result.map_err(unavailable)?)?.applied, e + 1)
+                }
+            };
+            if applied {
+                return Ok(epoch);
+            }
+        }
+        Err(unavailable(format!("conversation {conversation}: too many concurrent ownership claims")))
+    }
+
+    /// Sets `owner_epoch` of one bucket to `epoch` unless a newer epoch holds it.
+    async fn fence_bucket(&self, conversation: ConversationId, bucket: i64, epoch: i64) -> StoreResult<()> {
+        let older = (epoch, conversation.0, bucket, epoch);
+        let result = self.session.execute_unpaged(&self.st.fence_older, older).await.map_err(unavailable)?;
+        let outcome = lwt_outcome(result)?;
+        if outcome.applied {
+            return Ok(());
+        }
+        match outcome.column("owner_epoch") {
+            None => {
+                let empty = (epoch, conversation.0, bucket);
+                let result =
+                    self.session.execute_unpaged(&self.st.fence_empty, empty).await.map_err(unavailable)?;
+                if lwt_outcome(result)?.applied {
+                    return Ok(());
+                }
+                // Someone fenced it between our two writes: look again.
+                Box::pin(self.fence_bucket(conversation, bucket, epoch)).await
+            }
+            Some(CqlValue::BigInt(e)) if *e == epoch => Ok(()),
+            current => Err(StoreError::Fenced(format!(
+                "conversation {conversation}: a newer owner holds bucket {bucket} ({current:?} > {epoch})"
+            ))),
+        }
+    }
+
+    /// Takeover: a new epoch, then the buckets a previous owner could still write (the bucket
+    /// of the last stored seq and the next one) fenced with it, until `last_seq` is stable
+    /// across a fence. A previous owner's next write carries a seq right after the last one it
+    /// stored, so it falls into a fenced bucket and is refused.
+    async fn claim(&self, conversation: ConversationId, node: &str) -> StoreResult<super::Claim> {
+        let epoch = self.bump_owner(conversation, node).await?;
+        let mut fenced: Vec<i64> = Vec::new();
+        let mut last = self.last_seq(conversation).await?;
+        loop {
+            for bucket in [bucket_of(last), bucket_of(last + 1)] {
+                if !fenced.contains(&bucket) {
+                    self.fence_bucket(conversation, bucket, epoch).await?;
+                    fenced.push(bucket);
+                }
+            }
+            let now = self.last_seq(conversation).await?;
+            if now == last {
+                return Ok(super::Claim { epoch: epoch as u64, last_seq: last });
+            }
+            last = now;
+        }
+    }
+}
+
+/// The write timestamp of a client-id row: later epochs win, then higher seqs.
+fn client_id_timestamp(m: &StoredMessage) -> i64 {
+    ((m.epoch as i64) << 40) | (m.seq as i64 & ((1 << 40) - 1))
+}
+
+/// The bound values of `insert_message` for one message.
+#[allow(clippy::type_complexity)]
+fn message_values(
+    bucket: i64,
+    m: &StoredMessage,
+) -> (i64, Option<i64>, Uuid, i64, Uuid, Uuid, Uuid, &str, &'static str, &[u8], i64, &Vec<String>) {
+    (
+        bucket,
+        (m.epoch > 0).then_some(m.epoch as i64),
+        m.conversation_id.0,
+        m.seq as i64,
+        m.message_id.0,
+        m.author_id.0,
+        m.device_id.0,
+        m.client_msg_id.as_str(),
+        kind_str(m.kind),
+        m.sealed_body.as_slice(),
+        m.ts,
+        &m.attachments,
+    )
 }
 
 #[cfg(test)]
@@ -491,6 +638,7 @@ mod tests {
             sealed_body: vec![0; body],
             ts: 0,
             attachments: vec![],
+            epoch: 0,
         }
     }
 

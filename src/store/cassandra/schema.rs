@@ -8,8 +8,9 @@ use scylla::client::session::Session;
 
 /// The schema version `schema.cql` creates; the node refuses to serve with another.
 /// 2 added `device_seen` and `meta`; every table is `CREATE ... IF NOT EXISTS`, so applying
-/// the schema again upgrades a version 1 keyspace.
-pub const SCHEMA_VERSION: i32 = 2;
+/// the schema again upgrades a version 1 keyspace. 3 added the owner epochs (`messages.epoch`,
+/// the static `messages.owner_epoch`, `conversation_owners`) for cluster fencing.
+pub const SCHEMA_VERSION: i32 = 3;
 const SCHEMA: &str = include_str!("../../../schema.cql");
 
 /// Applies `schema.cql` (idempotent) and records its version.

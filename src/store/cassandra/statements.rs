@@ -52,6 +52,12 @@ pub(super) struct Statements {
     pub(super) before_in_bucket: PreparedStatement,
     pub(super) set_delivered: PreparedStatement,
     pub(super) set_read: PreparedStatement,
+    pub(super) owner_epoch: PreparedStatement,
+    pub(super) insert_owner: PreparedStatement,
+    pub(super) bump_owner: PreparedStatement,
+    pub(super) fence_older: PreparedStatement,
+    pub(super) fence_empty: PreparedStatement,
+    pub(super) hold_epoch: PreparedStatement,
 }
 
 pub(super) const MESSAGE_COLUMNS: &str = "conversation_id, seq, message_id, author_id, device_id, client_msg_id, kind, sealed_body, ts, attachments";
@@ -150,12 +156,14 @@ impl Statements {
             .await?,
             insert_bucket: p(format!("INSERT INTO {ks}.conversation_buckets (conversation_id, bucket) VALUES (?, ?)"), true).await?,
             insert_message: p(
-                format!("INSERT INTO {ks}.messages (bucket, {MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+                format!("INSERT INTO {ks}.messages (bucket, epoch, {MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
                 true,
             )
             .await?,
+            // Timestamped (epoch << 40 | seq): a stale owner's late write never replaces the
+            // id a newer owner recorded, and a retry's newer seq wins over a failed attempt's.
             insert_client_id: p(
-                format!("INSERT INTO {ks}.client_ids (conversation_id, author_id, client_msg_id, seq) VALUES (?, ?, ?, ?)"),
+                format!("INSERT INTO {ks}.client_ids (conversation_id, author_id, client_msg_id, seq) VALUES (?, ?, ?, ?) USING TIMESTAMP ?"),
                 true,
             )
             .await?,
@@ -187,6 +195,38 @@ impl Statements {
             set_read: p(
                 format!("UPDATE {ks}.members USING TIMESTAMP ? SET read_seq = ? WHERE conversation_id = ? AND user_id = ?"),
                 true,
+            )
+            .await?,
+            owner_epoch: {
+                // A serial read sees every conditional write that was accepted, even one whose
+                // commit is still in flight.
+                let mut s = p(format!("SELECT epoch FROM {ks}.conversation_owners WHERE conversation_id = ?"), true).await?;
+                s.set_consistency(scylla::frame::types::Consistency::LocalSerial);
+                s
+            },
+            insert_owner: p(
+                format!("INSERT INTO {ks}.conversation_owners (conversation_id, epoch, node, at) VALUES (?, 1, ?, ?) IF NOT EXISTS"),
+                false,
+            )
+            .await?,
+            bump_owner: p(
+                format!("UPDATE {ks}.conversation_owners SET epoch = ?, node = ?, at = ? WHERE conversation_id = ? IF epoch = ?"),
+                false,
+            )
+            .await?,
+            fence_older: p(
+                format!("UPDATE {ks}.messages SET owner_epoch = ? WHERE conversation_id = ? AND bucket = ? IF owner_epoch < ?"),
+                false,
+            )
+            .await?,
+            fence_empty: p(
+                format!("UPDATE {ks}.messages SET owner_epoch = ? WHERE conversation_id = ? AND bucket = ? IF owner_epoch = null"),
+                false,
+            )
+            .await?,
+            hold_epoch: p(
+                format!("UPDATE {ks}.messages SET owner_epoch = ? WHERE conversation_id = ? AND bucket = ? IF owner_epoch = ?"),
+                false,
             )
             .await?,
         })

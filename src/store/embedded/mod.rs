@@ -6,7 +6,8 @@
 mod reopen;
 
 use super::{
-    AccountStore, AppendError, DirectoryStore, MessageLog, MetaStore, ReceiptStore, StoreError, StoreResult,
+    AccountStore, AppendError, Claim, DirectoryStore, MessageLog, MetaStore, ReceiptStore, StoreError,
+    StoreResult,
 };
 use crate::model::{
     Conversation, ConversationId, Device, DeviceId, Member, Millis, StoredMessage, User, UserId, Watermarks,
@@ -52,6 +53,8 @@ struct Inner {
     meta: Keyspace,
     /// conversation_id ++ user_id → (): who has sent a message there
     posters: Keyspace,
+    /// conversation_id → owner epoch (u64 BE), raised by `claim`
+    owners: Keyspace,
     /// Serialises read-modify-write operations.
     rmw: Mutex<()>,
 }
@@ -176,6 +179,7 @@ impl Inner {
             device_seen: ks("device_seen")?,
             meta: ks("meta")?,
             posters: ks("posters")?,
+            owners: ks("owners")?,
             rmw: Mutex::new(()),
             db,
         })
@@ -186,6 +190,32 @@ impl Inner {
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
         batch.insert(&self.meta, "probe", crate::model::now_millis().to_be_bytes());
         batch.commit().map_err(unavailable)
+    }
+
+    fn last_seq(&self, id: ConversationId) -> StoreResult<u64> {
+        match self.messages.prefix(id.as_bytes()).next_back() {
+            None => Ok(0),
+            Some(guard) => {
+                let key = guard.key().map_err(unavailable)?;
+                let seq: [u8; 8] = key
+                    .get(16..24)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| StoreError::Corrupt("short message key".into()))?;
+                Ok(u64::from_be_bytes(seq))
+            }
+        }
+    }
+
+    /// The conversation's owner epoch (0 if never claimed).
+    fn owner_epoch(&self, id: ConversationId) -> StoreResult<u64> {
+        match self.owners.get(id.as_bytes()).map_err(unavailable)? {
+            None => Ok(0),
+            Some(bytes) => {
+                let b: [u8; 8] =
+                    bytes.as_ref().try_into().map_err(|_| StoreError::Corrupt("owner epoch".into()))?;
+                Ok(u64::from_be_bytes(b))
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -435,18 +465,7 @@ impl DirectoryStore for EmbeddedStore {
 #[async_trait]
 impl MessageLog for EmbeddedStore {
     async fn last_seq(&self, id: ConversationId) -> StoreResult<u64> {
-        self.blocking(move |s| match s.messages.prefix(id.as_bytes()).next_back() {
-            None => Ok(0),
-            Some(guard) => {
-                let key = guard.key().map_err(unavailable)?;
-                let seq: [u8; 8] = key
-                    .get(16..24)
-                    .and_then(|b| b.try_into().ok())
-                    .ok_or_else(|| StoreError::Corrupt("short message key".into()))?;
-                Ok(u64::from_be_bytes(seq))
-            }
-        })
-        .await
+        self.blocking(move |s| s.last_seq(id)).await
     }
 
     async fn append(&self, messages: &[StoredMessage]) -> Result<(), AppendError> {
@@ -461,7 +480,21 @@ impl MessageLog for EmbeddedStore {
                 )
             })
             .collect();
+        // Fenced messages: their conversations' epochs must still be current. Checked and
+        // written under the lock `claim` takes, so a claim cannot slip in between.
+        let mut fences: Vec<(ConversationId, u64)> =
+            messages.iter().filter(|m| m.epoch > 0).map(|m| (m.conversation_id, m.epoch)).collect();
+        fences.dedup();
         self.blocking(move |s| {
+            let _guard = (!fences.is_empty()).then(|| s.lock());
+            for (conversation, epoch) in &fences {
+                let current = s.owner_epoch(*conversation)?;
+                if current != *epoch {
+                    return Err(StoreError::Fenced(format!(
+                        "conversation {conversation}: owner epoch is {current}, this write has {epoch}"
+                    )));
+                }
+            }
             let mut batch = s.db.batch().durability(Some(PersistMode::SyncAll));
             for (key, value, client_key, seq) in rows {
                 batch.insert(&s.messages, key, value);
@@ -471,6 +504,18 @@ impl MessageLog for EmbeddedStore {
         })
         .await
         .map_err(AppendError::from)
+    }
+
+    async fn claim(&self, conversation: ConversationId, _node: &str) -> StoreResult<Claim> {
+        self.blocking(move |s| {
+            let _guard = s.lock();
+            let epoch = s.owner_epoch(conversation)? + 1;
+            let mut batch = s.db.batch().durability(Some(PersistMode::SyncAll));
+            batch.insert(&s.owners, conversation.as_bytes(), epoch.to_be_bytes());
+            batch.commit().map_err(unavailable)?;
+            Ok(Claim { epoch, last_seq: s.last_seq(conversation)? })
+        })
+        .await
     }
 
     async fn message_by_client_id(

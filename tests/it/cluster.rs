@@ -1,0 +1,435 @@
+//! The cluster end to end: three real nodes sharing Cassandra (`SWITCHBOARD_TEST_CASSANDRA`)
+//! and Redis (`SWITCHBOARD_TEST_REDIS`), behind a real HAProxy when `haproxy` is installed.
+//! Messages cross nodes (sender on one, recipient on another, owner on a third), presence
+//! crosses nodes, and under load one node is SIGKILLed and restarted and the owner of busy
+//! conversations is SIGSTOPped past its lease and resumed. Every run asserts: 0 acknowledged
+//! messages lost, 0 duplicates, no seq gaps, every stored message written under an owner epoch
+//! that never goes back, and clients back within 10 s. `#[ignore]`d: `scripts/test` runs it
+//! with the servers started (`-- --ignored cluster::`).
+
+use crate::harness::*;
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const NODES: usize = 3;
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut buf).unwrap();
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Cluster {
+    env: Vec<(String, String)>,
+    ports: Vec<u16>,
+    dirs: Vec<Arc<tempfile::TempDir>>,
+    nodes: Vec<Option<Server>>,
+    lb: Option<(String, String)>,
+}
+
+impl Cluster {
+    /// Three nodes on one fresh keyspace and Redis prefix; `None` if the servers are not there.
+    async fn start(name: &str) -> Option<Cluster> {
+        let (Ok(cassandra), Ok(redis)) =
+            (std::env::var("SWITCHBOARD_TEST_CASSANDRA"), std::env::var("SWITCHBOARD_TEST_REDIS"))
+        else {
+            eprintln!(
+                "cluster test skipped: SWITCHBOARD_TEST_CASSANDRA and SWITCHBOARD_TEST_REDIS are not both set"
+            );
+            return None;
+        };
+        let keyspace = format!("sbtest_{name}_{}", std::process::id());
+        let env: Vec<(String, String)> = [
+            ("SWITCHBOARD_STORE_BACKEND", "cassandra".to_owned()),
+            ("SWITCHBOARD_CASSANDRA_NODES", cassandra),
+            ("SWITCHBOARD_CASSANDRA_KEYSPACE", keyspace),
+            (
+                "SWITCHBOARD_CASSANDRA_REPLICATION",
+                "{'class': 'SimpleStrategy', 'replication_factor': 1}".to_owned(),
+            ),
+            ("SWITCHBOARD_CASSANDRA_TIMEOUT_MS", "3000".to_owned()),
+            ("SWITCHBOARD_PRESENCE_BACKEND", "redis".to_owned()),
+            ("SWITCHBOARD_REDIS_URL", format!("redis://{redis}")),
+            ("SWITCHBOARD_REDIS_PREFIX", format!("sbtest:{name}:{}:", std::process::id())),
+            ("SWITCHBOARD_CLUSTER_ENABLED", "true".to_owned()),
+            ("SWITCHBOARD_CLUSTER_SECRET", random_hex(32)),
+            ("SWITCHBOARD_MASTER_KEY", random_hex(32)),
+            ("SWITCHBOARD_PEER_ADDR", "127.0.0.1:0".to_owned()),
+            ("SWITCHBOARD_MEMBERSHIP_TTL_MS", "1500".to_owned()),
+            ("SWITCHBOARD_MEMBERSHIP_RENEW_MS", "300".to_owned()),
+            ("SWITCHBOARD_PEER_TIMEOUT_MS", "3000".to_owned()),
+            ("SWITCHBOARD_OWNER_SHARDS", "2".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        schema_apply(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let mut cluster = Cluster {
+            env,
+            ports: (0..NODES).map(|_| free_port()).collect(),
+            dirs: (0..NODES).map(|_| Arc::new(tempfile::tempdir().unwrap())).collect(),
+            nodes: (0..NODES).map(|_| None).collect(),
+            lb: None,
+        };
+        for i in 0..NODES {
+            cluster.start_node(i).await;
+        }
+        cluster.start_lb();
+        // Every node sees the others (membership renews every 300 ms).
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        Some(cluster)
+    }
+
+    async fn start_node(&mut self, i: usize) {
+        let mut env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let node_id = format!("node{}", i + 1);
+        let http = format!("127.0.0.1:{}", self.ports[i]);
+        env.push(("SWITCHBOARD_NODE_ID", &node_id));
+        env.push(("SWITCHBOARD_HTTP_ADDR", &http));
+        self.nodes[i] = Some(Server::start_with(self.dirs[i].clone(), &env).await);
+    }
+
+    /// HAProxy in front of the nodes, if it is installed (scripts/haproxy).
+    fn start_lb(&mut self) {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/haproxy");
+        if !script.exists() || std::process::Command::new("haproxy").arg("-v").output().is_err() {
+            eprintln!("cluster test: haproxy not installed; clients connect to nodes directly");
+            return;
+        }
+        let port = free_port();
+        let name = format!("sbtest-{}-{port}", std::process::id());
+        let mut args = vec!["start".to_owned(), name.clone(), port.to_string()];
+        args.extend(self.ports.iter().map(|p| format!("127.0.0.1:{p}")));
+        let status = std::process::Command::new(&script).args(&args).status().unwrap();
+        assert!(status.success(), "scripts/haproxy {args:?}");
+        self.lb = Some((name, format!("127.0.0.1:{port}")));
+    }
+
+    fn addr(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.ports[i])
+    }
+
+    fn node(&self, i: usize) -> &Server {
+        self.nodes[i].as_ref().expect("node running")
+    }
+
+    /// The endpoints clients may use: the load balancer first, then every node.
+    fn endpoints(&self) -> Vec<String> {
+        self.lb.iter().map(|(_, a)| a.clone()).chain((0..NODES).map(|i| self.addr(i))).collect()
+    }
+
+    async fn metric(&self, i: usize, name: &str) -> u64 {
+        let (_, text) = Api::at(&self.addr(i)).get_text("/metrics").await;
+        text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(0)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in self.nodes.iter().flatten() {
+            node.signal("CONT");
+        }
+        if let Some((name, _)) = &self.lb {
+            let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/haproxy");
+            let _ = std::process::Command::new(script).args(["stop", name]).status();
+        }
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs Cassandra and Redis: run by scripts/test"]
+async fn cluster_messages_and_presence_cross_nodes() {
+    let Some(cluster) = Cluster::start("xnode").await else { return };
+    let api = Api::at(&cluster.addr(0));
+    let alice = api.register("alice").await;
+    let bob = Api::at(&cluster.addr(1)).register("bob").await;
+    let conversation = api.direct(&alice, &bob).await;
+    let mut a = Ws::try_connect(&cluster.addr(0), &alice, WAIT).await.expect("alice on node1");
+    let mut b = Ws::try_connect(&cluster.addr(1), &bob, WAIT).await.expect("bob on node2");
+    assert_eq!(a.welcome["node"], "node1");
+    assert_eq!(b.welcome["node"], "node2");
+    for s in [&mut a, &mut b] {
+        s.send(json!({"type":"sync","id":"s","cursors":{}})).await;
+        s.expect("sync_done").await;
+    }
+    // alice → bob and back, whichever node owns the conversation.
+    for i in 1..=5u64 {
+        let sent = a.send_message(&conversation, &format!("a{i}"), &format!("hello {i}")).await;
+        assert_eq!(sent["seq"], 2 * i - 1);
+        let m = b.expect("message").await;
+        assert_eq!(
+            (m["seq"].as_u64(), m["body"].as_str()),
+            (Some(2 * i - 1), Some(format!("hello {i}").as_str()))
+        );
+        let sent = b.send_message(&conversation, &format!("b{i}"), &format!("re {i}")).await;
+        assert_eq!(sent["seq"], 2 * i);
+        assert_eq!(a.expect("message").await["seq"], 2 * i);
+    }
+    // A retry of an acked send on another node is answered with the original.
+    let mut a3 = Ws::try_connect(&cluster.addr(2), &alice, WAIT).await.expect("alice on node3");
+    let again = a3.send_message(&conversation, "a1", "hello 1").await;
+    assert_eq!(again["seq"], 1);
+    // Receipts cross nodes too.
+    b.send(json!({"type":"read","conversation_id":conversation,"seq":10})).await;
+    let receipt = a.expect("receipt").await;
+    assert_eq!(receipt["read_seq"], 10);
+    // Presence: alice on node1 watches bob on node2 go offline and come back on node3.
+    a.send(json!({"type":"presence_subscribe","id":"p","user_ids":[bob.user_id]})).await;
+    assert_eq!(a.expect("presence").await["online"], true);
+    b.close().await;
+    let p = a.expect("presence").await;
+    assert_eq!((p["online"].as_bool(), p["last_seen"].is_number()), (Some(false), true), "{p}");
+    let _b3 = Ws::try_connect(&cluster.addr(2), &bob, WAIT).await.expect("bob on node3");
+    assert_eq!(a.expect("presence").await["online"], true);
+    // Delivery went once per node, not per session.
+    let mut deliveries = 0;
+    for i in 0..NODES {
+        deliveries += cluster.metric(i, "switchboard_peer_deliveries_total").await;
+    }
+    assert!(deliveries > 0, "events crossed nodes on the link");
+}
+
+/// One sender of the chaos test: sends `client_msg_id`s in order, each retried (same id, new
+/// connection, next endpoint) until acknowledged.
+struct Sender {
+    account: Account,
+    conversation: String,
+    prefix: String,
+}
+
+#[derive(Default)]
+struct Tally {
+    sent: AtomicU64,
+    retried: AtomicU64,
+    refused: AtomicU64,
+    reconnects: AtomicU64,
+    /// Longest time a sender was without a working connection, ms.
+    worst_outage_ms: AtomicU64,
+}
+
+impl Sender {
+    async fn run(
+        self,
+        endpoints: Vec<String>,
+        start: usize,
+        stop: Arc<AtomicBool>,
+        tally: Arc<Tally>,
+    ) -> (String, BTreeMap<String, u64>) {
+        let mut acked = BTreeMap::new();
+        let mut at = start;
+        let mut ws: Option<Ws> = None;
+        let mut i = 0u64;
+        let mut down_since: Option<Instant> = None;
+        while !stop.load(Ordering::Relaxed) {
+            let cmid = format!("{}-{i}", self.prefix);
+            tally.sent.fetch_add(1, Ordering::Relaxed);
+            let mut attempts = 0;
+            loop {
+                let Some(conn) = ws.as_mut() else {
+                    down_since.get_or_insert_with(Instant::now);
+                    at = (at + 1) % endpoints.len();
+                    ws = Ws::try_connect(&endpoints[at], &self.account, Duration::from_secs(2)).await;
+                    tally.reconnects.fetch_add(1, Ordering::Relaxed);
+                    if ws.is_none() {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    continue;
+                };
+                if let Some(since) = down_since.take() {
+                    tally.worst_outage_ms.fetch_max(since.elapsed().as_millis() as u64, Ordering::Relaxed);
+                }
+                if attempts > 0 {
+                    tally.retried.fetch_add(1, Ordering::Relaxed);
+                }
+                attempts += 1;
+                let frame = json!({"type":"send","id":cmid,"conversation_id":self.conversation,"client_msg_id":cmid,"body":format!("body {cmid}")});
+                if !conn.try_send(frame).await {
+                    ws = None;
+                    continue;
+                }
+                let deadline = Instant::now() + Duration::from_secs(3);
+                let mut answer = None;
+                while let Some(frame) =
+                    conn.next_within(deadline.saturating_duration_since(Instant::now())).await
+                {
+                    if frame["id"] == cmid.as_str() || frame["client_msg_id"] == cmid.as_str() {
+                        answer = Some(frame);
+                        break;
+                    }
+                }
+                match answer {
+                    Some(f) if f["type"] == "sent" => {
+                        let seq = f["seq"].as_u64().unwrap();
+                        if let Some(before) = acked.insert(cmid.clone(), seq) {
+                            assert_eq!(before, seq, "one client_msg_id acked with two seqs");
+                        }
+                        break;
+                    }
+                    Some(f) if f["type"] == "error" => {
+                        let code = f["code"].as_str().unwrap_or_default();
+                        assert!(code == "unavailable" || code == "store_unavailable", "unexpected error {f}");
+                        tally.refused.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    // No answer in time (a paused or dead node): another connection.
+                    _ => ws = None,
+                }
+            }
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        (self.conversation, acked)
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs Cassandra and Redis: run by scripts/test"]
+async fn cluster_chaos_sigkill_and_paused_owner_lose_nothing() {
+    let Some(mut cluster) = Cluster::start("chaos").await else { return };
+    let pairs = 24;
+    let endpoints = cluster.endpoints();
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let mut senders = Vec::new();
+    let mut conversations = Vec::new();
+    let mut readers = Vec::new();
+    for p in 0..pairs {
+        let api = Api::at(&cluster.addr(p % NODES));
+        let a = api.register(&format!("sender{p}")).await;
+        let b = api.register(&format!("reader{p}")).await;
+        let conversation = api.direct(&a, &b).await;
+        conversations.push(conversation.clone());
+        readers.push(b);
+        let sender = Sender { account: a, conversation, prefix: format!("p{p}") };
+        // Half through the load balancer (if any), half straight to a node.
+        let start = if p % 2 == 0 { endpoints.len() - 1 } else { p % NODES + endpoints.len() - NODES - 1 };
+        senders.push(tokio::spawn(sender.run(endpoints.clone(), start, stop.clone(), tally.clone())));
+    }
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    let note = |what: String| {
+        eprintln!("chaos: {what}");
+        log.lock().unwrap().push(what);
+    };
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    note("SIGKILL node3".into());
+    cluster.nodes[2].as_mut().unwrap().kill9().await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    note("restart node3".into());
+    cluster.start_node(2).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    note("SIGSTOP node1 for 5 s (its lease is 1.5 s)".into());
+    cluster.node(0).signal("STOP");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    note("SIGCONT node1".into());
+    cluster.node(0).signal("CONT");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acked: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for s in senders {
+        let (conversation, a) =
+            tokio::time::timeout(Duration::from_secs(60), s).await.expect("senders finish").unwrap();
+        acked.insert(conversation, a);
+    }
+    // Every stored message: exactly once, gapless, acked ones at their acked seq.
+    let api = Api::at(&cluster.addr(1));
+    let mut stored_total = 0;
+    for (conversation, reader) in conversations.iter().zip(&readers) {
+        let mut stored: Vec<(u64, String)> = Vec::new();
+        let mut before = u64::MAX;
+        loop {
+            let (status, page) = api
+                .get(
+                    &format!("/v1/conversations/{conversation}/messages?limit=200&before={before}"),
+                    Some(&reader.token),
+                )
+                .await;
+            assert_eq!(status, 200, "{page}");
+            let messages = page["messages"].as_array().unwrap();
+            for m in messages.iter().rev() {
+                stored.push((m["seq"].as_u64().unwrap(), m["client_msg_id"].as_str().unwrap().to_owned()));
+            }
+            if page["has_more"] != true || messages.is_empty() {
+                break;
+            }
+            before = messages[0]["seq"].as_u64().unwrap();
+        }
+        stored.reverse();
+        let seqs: Vec<u64> = stored.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, (1..=stored.len() as u64).collect::<Vec<_>>(), "gapless seqs in {conversation}");
+        let ids: BTreeSet<&String> = stored.iter().map(|(_, c)| c).collect();
+        assert_eq!(ids.len(), stored.len(), "a duplicate in {conversation}");
+        let by_id: BTreeMap<&String, u64> = stored.iter().map(|(s, c)| (c, *s)).collect();
+        for (cmid, seq) in &acked[conversation] {
+            assert_eq!(by_id.get(cmid), Some(seq), "acked {cmid} lost or moved in {conversation}");
+        }
+        stored_total += stored.len();
+    }
+    // Epochs: every message row carries the epoch of its writer, never going back along seq.
+    let epochs_checked = check_epochs(&cluster, &conversations).await;
+    let acked_total: usize = acked.values().map(BTreeMap::len).sum();
+    let mut claims = 0;
+    let mut fenced = 0;
+    for i in 0..NODES {
+        claims += cluster.metric(i, "switchboard_ownership_claims_total").await;
+        fenced += cluster.metric(i, "switchboard_appends_fenced_total").await;
+    }
+    let worst = tally.worst_outage_ms.load(Ordering::Relaxed);
+    eprintln!(
+        "chaos: {} sends, {acked_total} acked, {stored_total} stored, {} refused and retried, {} retries after no answer, \
+         {} (re)connects, longest client outage {worst} ms, {claims} ownership claims, {fenced} appends fenced, \
+         {epochs_checked} message epochs checked; events: {:?}",
+        tally.sent.load(Ordering::Relaxed),
+        tally.refused.load(Ordering::Relaxed),
+        tally.retried.load(Ordering::Relaxed),
+        tally.reconnects.load(Ordering::Relaxed),
+        log.lock().unwrap()
+    );
+    assert_eq!(acked_total, stored_total, "every stored message was acked to its sender in the end");
+    assert!(acked_total > pairs * 20, "the cluster kept accepting sends: {acked_total}");
+    assert!(worst <= 10_000, "a client was without a working node for {worst} ms");
+}
+
+/// Reads `epoch` along `seq` straight from Cassandra: set on every row, never decreasing.
+async fn check_epochs(cluster: &Cluster, conversations: &[String]) -> usize {
+    let env: BTreeMap<&str, &str> = cluster.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let session = scylla::client::session_builder::SessionBuilder::new()
+        .known_node(env["SWITCHBOARD_CASSANDRA_NODES"])
+        .build()
+        .await
+        .unwrap();
+    let ks = env["SWITCHBOARD_CASSANDRA_KEYSPACE"];
+    let mut checked = 0;
+    for conversation in conversations {
+        let id = uuid::Uuid::parse_str(conversation).unwrap();
+        let rows = session
+            .query_unpaged(
+                format!("SELECT seq, epoch FROM {ks}.messages WHERE conversation_id = ? AND bucket = 0"),
+                (id,),
+            )
+            .await
+            .unwrap()
+            .into_rows_result()
+            .unwrap();
+        let mut last = 0i64;
+        for row in rows.rows::<(Option<i64>, Option<i64>)>().unwrap() {
+            let (seq, epoch) = row.unwrap();
+            let Some(seq) = seq else { continue };
+            let epoch = epoch.unwrap_or_else(|| panic!("{conversation} seq {seq} has no epoch"));
+            assert!(
+                epoch >= last,
+                "{conversation}: seq {seq} written under epoch {epoch} after epoch {last}"
+            );
+            last = epoch;
+            checked += 1;
+        }
+    }
+    checked
+}
