@@ -50,7 +50,7 @@ pub struct Registry {
     watchers: HashMap<UserId, HashSet<SessionId>>,
     /// session → users it watches (to clean up when it leaves)
     watching: HashMap<SessionId, Vec<UserId>>,
-    /// Users who went offline on this node, and when.
+    /// Users who went offline, and when (single node; in a cluster the directory knows).
     last_seen: HashMap<UserId, Millis>,
     draining: bool,
 }
@@ -159,8 +159,8 @@ impl Handler<Disconnect> for Registry {
         if sessions.is_empty() {
             self.by_user.remove(&entry.user);
             let now = now_millis();
-            self.last_seen.insert(entry.user, now);
             if !self.clustered {
+                self.last_seen.insert(entry.user, now);
                 self.notify_watchers(PresenceView {
                     user_id: entry.user,
                     online: false,
@@ -224,7 +224,7 @@ impl Handler<Subscribe> for Registry {
             }
             if self.by_user.contains_key(&user) {
                 known.push(PresenceView { user_id: user, online: true, last_seen: None });
-            } else if let Some(seen) = self.last_seen.get(&user).filter(|_| !self.clustered) {
+            } else if let Some(seen) = self.last_seen.get(&user) {
                 known.push(PresenceView { user_id: user, online: false, last_seen: Some(*seen) });
             } else {
                 ask_store.push(user);

@@ -14,7 +14,7 @@ use actix::{Actor, Addr, Context, Handler, Message, ResponseFuture};
 use std::sync::Arc;
 
 /// Deliver `event` to the connected devices of `audience`.
-#[derive(Message)]
+#[derive(Message, Clone)]
 #[rtype(result = "()")]
 pub struct Publish {
     pub audience: Arc<[UserId]>,
@@ -56,9 +56,8 @@ impl Handler<Publish> for Router {
     /// Ephemeral events from sessions (typing): best effort, never waited for.
     fn handle(&mut self, msg: Publish, _: &mut Context<Self>) {
         if let Some(remote) = self.remote.clone() {
-            let copy =
-                Publish { audience: msg.audience.clone(), except: msg.except, event: msg.event.clone() };
-            actix::spawn(async move { remote.deliver_ephemeral(&[copy]).await });
+            let event = msg.clone();
+            actix::spawn(async move { remote.deliver_ephemeral(&[event]).await });
         }
         if self.registry.try_send(Deliver(vec![msg])).is_err() {
             tracing::debug!("registry busy: an ephemeral event was dropped");
@@ -72,14 +71,7 @@ impl Handler<PublishBatch> for Router {
     fn handle(&mut self, msg: PublishBatch, _: &mut Context<Self>) -> Self::Result {
         // The reply resolves once the Registry has handed the batch to this node's sessions and
         // every other node concerned has it queued on its link, in order.
-        let remote = self.remote.clone().map(|remote| {
-            let copies: Vec<Publish> = msg
-                .0
-                .iter()
-                .map(|p| Publish { audience: p.audience.clone(), except: p.except, event: p.event.clone() })
-                .collect();
-            (remote, copies)
-        });
+        let remote = self.remote.clone().map(|remote| (remote, msg.0.clone()));
         let delivered = self.registry.send(Deliver(msg.0));
         Box::pin(async move {
             let _ = delivered.await;

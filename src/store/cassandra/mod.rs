@@ -546,27 +546,34 @@ impl Connected {
 
     /// Sets `owner_epoch` of one bucket to `epoch` unless a newer epoch holds it.
     async fn fence_bucket(&self, conversation: ConversationId, bucket: i64, epoch: i64) -> StoreResult<()> {
-        let older = (epoch, conversation.0, bucket, epoch);
-        let result = self.session.execute_unpaged(&self.st.fence_older, older).await.map_err(unavailable)?;
-        let outcome = lwt_outcome(result)?;
-        if outcome.applied {
-            return Ok(());
-        }
-        match outcome.column("owner_epoch") {
-            None => {
-                let empty = (epoch, conversation.0, bucket);
-                let result =
-                    self.session.execute_unpaged(&self.st.fence_empty, empty).await.map_err(unavailable)?;
-                if lwt_outcome(result)?.applied {
-                    return Ok(());
-                }
-                // Someone fenced it between our two writes: look again.
-                Box::pin(self.fence_bucket(conversation, bucket, epoch)).await
+        loop {
+            let older = (epoch, conversation.0, bucket, epoch);
+            let result =
+                self.session.execute_unpaged(&self.st.fence_older, older).await.map_err(unavailable)?;
+            let outcome = lwt_outcome(result)?;
+            if outcome.applied {
+                return Ok(());
             }
-            Some(CqlValue::BigInt(e)) if *e == epoch => Ok(()),
-            current => Err(StoreError::Fenced(format!(
-                "conversation {conversation}: a newer owner holds bucket {bucket} ({current:?} > {epoch})"
-            ))),
+            match outcome.column("owner_epoch") {
+                None => {
+                    let empty = (epoch, conversation.0, bucket);
+                    let result = self
+                        .session
+                        .execute_unpaged(&self.st.fence_empty, empty)
+                        .await
+                        .map_err(unavailable)?;
+                    if lwt_outcome(result)?.applied {
+                        return Ok(());
+                    }
+                    // Someone fenced it between our two writes: look again.
+                }
+                Some(CqlValue::BigInt(e)) if *e == epoch => return Ok(()),
+                current => {
+                    return Err(StoreError::Fenced(format!(
+                        "conversation {conversation}: a newer owner holds bucket {bucket} ({current:?} > {epoch})"
+                    )));
+                }
+            }
         }
     }
 
