@@ -54,22 +54,28 @@
 //! when that goes unanswered. `Resync` is also emitted when fred's own message buffer overflowed;
 //! tokio's `Lagged` on the caller's receiver must be handled like `Resync` by the caller.
 
+mod events;
+mod reply;
+mod scripts;
+mod server_url;
+
+use self::events::{pump, watch_subscriber};
+use self::reply::{unavailable, unexpected, value_array, value_i64, value_string};
+use self::scripts::{CLEAR_BATCH, Scripts};
+use self::server_url::parse_url;
 use crate::model::{Millis, UserId};
 use crate::store::presence::{ClusterDirectory, ClusterEvent, NodeInfo, PresenceRecord};
 use crate::store::{StoreError, StoreResult};
 use async_trait::async_trait;
 use fred::clients::SubscriberClient;
 use fred::prelude::{
-    Builder, Client, ClientLike, Config, Error as RedisError, ErrorKind, EventInterface, Options,
-    PubsubInterface, ReconnectPolicy, Server, ServerConfig,
+    Builder, Client, ClientLike, Error as RedisError, ErrorKind, EventInterface, Options, ReconnectPolicy,
 };
-use fred::types::{ClientState, ClusterHash, CustomCommand, Value};
-use serde::Deserialize;
+use fred::types::Value;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
-use uuid::Uuid;
 
 /// Tunables of [`RedisDirectory::connect_with`]; `Default` is what `connect` uses.
 #[derive(Clone, Debug)]
@@ -106,188 +112,6 @@ impl Default for RedisDirectoryConfig {
     }
 }
 
-/// Users handled per `clear_node`/`leave` script call (bounds how long Redis is blocked).
-const CLEAR_BATCH: usize = 512;
-
-/// Shared by every script: `P` is the key prefix (ARGV[1]); event encoders; node liveness.
-const LUA_PRELUDE: &str = r#"
-local P = ARGV[1]
-local CH = P .. 'events'
-local function live(n) return redis.call('EXISTS', P .. 'node:' .. n) == 1 end
-local function any_live(ukey)
-  for _, m in ipairs(redis.call('SMEMBERS', ukey)) do
-    if live(m) then return true end
-  end
-  return false
-end
-local function located(u, n, present)
-  redis.call('PUBLISH', CH, '{"t":"l","u":"' .. u .. '","n":' .. cjson.encode(n) .. ',"p":' .. tostring(present) .. '}')
-end
-local function online(u)
-  redis.call('PUBLISH', CH, '{"t":"p","u":"' .. u .. '","on":true}')
-end
-local function offline(u, at)
-  redis.call('SET', P .. 'seen:' .. u, at)
-  redis.call('PUBLISH', CH, '{"t":"p","u":"' .. u .. '","on":false,"ls":' .. at .. '}')
-end
--- removes node n from user u's marks; publishes Located and, if no live node remains, Presence
-local function unmark(u, n, at)
-  local ukey = P .. 'user:' .. u .. ':nodes'
-  if redis.call('SREM', ukey, n) == 0 then return 0 end
-  located(u, n, false)
-  if not any_live(ukey) then offline(u, at) end
-  return 1
-end
-"#;
-
-/// ARGV: P, id, addr, ttl_ms. Returns 1 if the membership was live before, 0 if it had lapsed.
-const LUA_RENEW: &str = r#"
-local k = P .. 'node:' .. ARGV[2]
-local existed = redis.call('EXISTS', k)
-redis.call('SET', k, ARGV[3], 'PX', ARGV[4])
-redis.call('SADD', P .. 'nodes', ARGV[2])
-return existed
-"#;
-
-/// ARGV: P, want_live ('1' live, '0' dead). Returns a flat [id, addr, ...] (addr '' when dead).
-const LUA_NODES: &str = r#"
-local out = {}
-for _, id in ipairs(redis.call('SMEMBERS', P .. 'nodes')) do
-  local addr = redis.call('GET', P .. 'node:' .. id)
-  if addr and ARGV[2] == '1' then
-    out[#out + 1] = id; out[#out + 1] = addr
-  elseif (not addr) and ARGV[2] == '0' then
-    out[#out + 1] = id; out[#out + 1] = ''
-  end
-end
-return out
-"#;
-
-/// ARGV: P, uuid, node, at. Returns {added, became_online}.
-const LUA_CONNECTED: &str = r#"
-local u, n = ARGV[2], ARGV[3]
-local ukey = P .. 'user:' .. u .. ':nodes'
-local was_online = any_live(ukey)
-local added = redis.call('SADD', ukey, n)
-redis.call('SADD', P .. 'nodeusers:' .. n, u)
-if added == 1 then located(u, n, true) end
-if not was_online then online(u) return {added, 1} end
-return {added, 0}
-"#;
-
-/// ARGV: P, uuid, node, at. Returns 1 if the mark existed.
-const LUA_DISCONNECTED: &str = r#"
-local u, n = ARGV[2], ARGV[3]
-redis.call('SREM', P .. 'nodeusers:' .. n, u)
-return unmark(u, n, ARGV[4])
-"#;
-
-/// ARGV: P, node, at, batch, leave ('1': also delete the membership). Returns {cleared, more}.
-const LUA_CLEAR: &str = r#"
-local n, at = ARGV[2], ARGV[3]
-if ARGV[5] == '1' then redis.call('DEL', P .. 'node:' .. n) end
-local nkey = P .. 'nodeusers:' .. n
-local users = redis.call('SPOP', nkey, tonumber(ARGV[4]))
-local cleared = 0
-for _, u in ipairs(users) do cleared = cleared + unmark(u, n, at) end
-local more = redis.call('SCARD', nkey)
-if more == 0 and not live(n) then redis.call('SREM', P .. 'nodes', n) end
-return {cleared, more}
-"#;
-
-/// ARGV: P, uuid... Returns one array of live node ids per user.
-const LUA_NODES_OF: &str = r#"
-local cache, out = {}, {}
-for i = 2, #ARGV do
-  local list = {}
-  for _, m in ipairs(redis.call('SMEMBERS', P .. 'user:' .. ARGV[i] .. ':nodes')) do
-    local l = cache[m]
-    if l == nil then l = live(m); cache[m] = l end
-    if l then list[#list + 1] = m end
-  end
-  out[#out + 1] = list
-end
-return out
-"#;
-
-/// ARGV: P, uuid. Returns {state, seen}: state -1 never seen, 0 offline, 1 online; seen '' if none.
-const LUA_PRESENCE: &str = r#"
-local u = ARGV[2]
-local ukey = P .. 'user:' .. u .. ':nodes'
-local seen = redis.call('GET', P .. 'seen:' .. u)
-local on = any_live(ukey)
-if (not on) and (not seen) and redis.call('EXISTS', ukey) == 0 then return {-1, ''} end
-return {on and 1 or 0, seen or ''}
-"#;
-
-/// A Lua script with its SHA1, for `EVALSHA` with an `EVAL` fallback on `NOSCRIPT`.
-struct Script {
-    body: String,
-    sha: String,
-}
-
-impl Script {
-    fn new(body: &str) -> Script {
-        let body = format!("{LUA_PRELUDE}{body}");
-        let sha = fred::util::sha1_hash(&body);
-        Script { body, sha }
-    }
-}
-
-struct Scripts {
-    renew: Script,
-    nodes: Script,
-    connected: Script,
-    disconnected: Script,
-    clear: Script,
-    nodes_of: Script,
-    presence: Script,
-}
-
-impl Scripts {
-    fn new() -> Scripts {
-        Scripts {
-            renew: Script::new(LUA_RENEW),
-            nodes: Script::new(LUA_NODES),
-            connected: Script::new(LUA_CONNECTED),
-            disconnected: Script::new(LUA_DISCONNECTED),
-            clear: Script::new(LUA_CLEAR),
-            nodes_of: Script::new(LUA_NODES_OF),
-            presence: Script::new(LUA_PRESENCE),
-        }
-    }
-}
-
-/// Wire form of the events published by the scripts.
-#[derive(Deserialize)]
-#[serde(tag = "t")]
-enum Wire {
-    #[serde(rename = "p")]
-    Presence {
-        u: Uuid,
-        on: bool,
-        #[serde(default)]
-        ls: Option<Millis>,
-    },
-    #[serde(rename = "l")]
-    Located { u: Uuid, n: String, p: bool },
-}
-
-fn decode_event(payload: &str) -> Option<ClusterEvent> {
-    match serde_json::from_str::<Wire>(payload) {
-        Ok(Wire::Presence { u, on, ls }) => Some(ClusterEvent::Presence {
-            user: UserId(u),
-            online: on,
-            last_seen: if on { None } else { ls },
-        }),
-        Ok(Wire::Located { u, n, p }) => Some(ClusterEvent::Located { user: UserId(u), node: n, present: p }),
-        Err(e) => {
-            tracing::warn!(error = %e, payload, "undecodable cluster event ignored");
-            None
-        }
-    }
-}
-
 /// The cluster directory on Redis. Dropping it stops its background tasks.
 pub struct RedisDirectory {
     client: Client,
@@ -314,87 +138,6 @@ impl Drop for RedisDirectory {
         for t in &self.connections {
             t.abort();
         }
-    }
-}
-
-fn unavailable(e: RedisError) -> StoreError {
-    StoreError::Unavailable(format!("redis: {e}"))
-}
-
-fn unexpected(what: &str, v: &Value) -> StoreError {
-    StoreError::Corrupt(format!("redis: unexpected reply to {what}: {v:?}"))
-}
-
-fn value_string(v: Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.to_string()),
-        Value::Bytes(b) => String::from_utf8(b.to_vec()).ok(),
-        Value::Integer(i) => Some(i.to_string()),
-        _ => None,
-    }
-}
-
-fn value_i64(v: &Value) -> Option<i64> {
-    match v {
-        Value::Integer(i) => Some(*i),
-        Value::String(s) => s.parse().ok(),
-        Value::Bytes(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-        _ => None,
-    }
-}
-
-/// An array reply; Redis sends an empty Lua table as an empty array (fred may give `Null`).
-fn value_array(v: Value) -> Result<Vec<Value>, Value> {
-    match v {
-        Value::Array(a) => Ok(a),
-        Value::Null => Ok(Vec::new()),
-        other => Err(other),
-    }
-}
-
-/// Parses `redis://…` (fred's syntax) or `redis-sentinel://[[user:]pass@]h:p[,h:p…]/service`
-/// (fred's own `redis-sentinel://h:p/db?sentinelServiceName=…` form is accepted too).
-fn parse_url(url: &str) -> StoreResult<Config> {
-    let bad = |why: &str| StoreError::Unavailable(format!("bad redis url {url:?}: {why}"));
-    if let Some(rest) = url.strip_prefix("redis-sentinel://") {
-        if rest.contains("sentinelServiceName=") {
-            return Config::from_url_sentinel(url).map_err(|e| bad(&e.to_string()));
-        }
-        let (auth, rest) = match rest.rsplit_once('@') {
-            Some((a, r)) => (Some(a), r),
-            None => (None, rest),
-        };
-        let (hosts, service) = rest.split_once('/').ok_or_else(|| bad("missing /service_name"))?;
-        let service = service.trim_end_matches('/');
-        if service.is_empty() || service.contains('/') || service.contains('?') {
-            return Err(bad("expected /service_name after the sentinel hosts"));
-        }
-        let mut servers = Vec::new();
-        for h in hosts.split(',').filter(|h| !h.is_empty()) {
-            let (host, port) = match h.rsplit_once(':') {
-                Some((host, port)) if !host.ends_with(':') => {
-                    (host, port.parse::<u16>().map_err(|_| bad("bad port"))?)
-                }
-                _ => (h, 26379),
-            };
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            servers.push((host.to_owned(), port));
-        }
-        if servers.is_empty() {
-            return Err(bad("no sentinel host"));
-        }
-        let mut config =
-            Config { server: ServerConfig::new_sentinel(servers, service.to_owned()), ..Config::default() };
-        if let Some(auth) = auth {
-            let (user, pass) = auth.split_once(':').unwrap_or(("", auth));
-            config.username = (!user.is_empty()).then(|| user.to_owned());
-            config.password = (!pass.is_empty()).then(|| pass.to_owned());
-        }
-        Ok(config)
-    } else if url.starts_with("redis://") || url.starts_with("valkey://") {
-        Config::from_url_centralized(url).map_err(|e| bad(&e.to_string()))
-    } else {
-        Err(bad("expected redis:// or redis-sentinel://"))
     }
 }
 
@@ -499,42 +242,6 @@ impl RedisDirectory {
             tasks: vec![pump, watchdog],
             connections,
         })
-    }
-
-    /// Runs a script: `EVALSHA`, or `EVAL` when Redis answers `NOSCRIPT` (empty script cache).
-    ///
-    /// Sent as custom commands on purpose: fred 10.1's `WithOptions` does not implement
-    /// `LuaInterface`, so `with_options(..).evalsha(..)` would reach the plain client through
-    /// `Deref` and silently drop the fail-fast/timeout options.
-    async fn run(&self, script: &Script, args: Vec<String>) -> StoreResult<Value> {
-        let client = self.client.with_options(&self.opts);
-        let mut argv = Vec::with_capacity(args.len() + 2);
-        argv.push(script.sha.clone());
-        argv.push("0".to_owned());
-        argv.extend(args);
-        let evalsha = CustomCommand::new_static("EVALSHA", ClusterHash::Random, false);
-        let result = match client.custom::<Value, String>(evalsha, argv.clone()).await {
-            Err(e) if e.details().starts_with("NOSCRIPT") => {
-                argv[0] = script.body.clone();
-                let eval = CustomCommand::new_static("EVAL", ClusterHash::Random, false);
-                client.custom::<Value, String>(eval, argv).await
-            }
-            other => other,
-        };
-        result.map_err(|e| {
-            if e.details().starts_with("READONLY") {
-                // a demoted primary (Sentinel failover): reconnect, which asks the sentinels anew
-                let client = self.client.clone();
-                tokio::spawn(async move {
-                    let _ = client.force_reconnection().await;
-                });
-            }
-            unavailable(e)
-        })
-    }
-
-    fn args(&self, rest: impl IntoIterator<Item = String>) -> Vec<String> {
-        std::iter::once(self.prefix.clone()).chain(rest).collect()
     }
 
     /// Like [`ClusterDirectory::renew_node`], and tells whether the membership had lapsed
@@ -674,137 +381,5 @@ impl ClusterDirectory for RedisDirectory {
 
     async fn ping(&self) -> StoreResult<()> {
         self.client.with_options(&self.opts).ping::<()>(None).await.map_err(unavailable)
-    }
-}
-
-/// Forwards pub/sub messages to the broadcast channel; after every (re)connection of the
-/// subscriber, subscribes again and (except for the very first connection) emits `Resync`.
-async fn pump(
-    subscriber: SubscriberClient,
-    channel: String,
-    events: broadcast::Sender<ClusterEvent>,
-    mut reconnects: broadcast::Receiver<Server>,
-    mut messages: broadcast::Receiver<fred::types::Message>,
-    subscribed: watch::Sender<u64>,
-) {
-    use broadcast::error::RecvError;
-    let mut connected_before = false;
-    loop {
-        tokio::select! {
-            r = reconnects.recv() => match r {
-                Ok(_) | Err(RecvError::Lagged(_)) => {
-                    if !subscribe(&subscriber, &channel).await {
-                        // the connection dropped again; its reconnection brings another event
-                        continue;
-                    }
-                    subscribed.send_modify(|n| *n += 1);
-                    if connected_before {
-                        tracing::info!(%channel, "cluster event subscriber reconnected: resync");
-                        let _ = events.send(ClusterEvent::Resync);
-                    }
-                    connected_before = true;
-                }
-                Err(RecvError::Closed) => return,
-            },
-            m = messages.recv() => match m {
-                Ok(m) => {
-                    if *m.channel != *channel {
-                        continue;
-                    }
-                    if let Some(ev) = m.value.as_str().as_deref().and_then(decode_event) {
-                        let _ = events.send(ev);
-                    }
-                }
-                Err(RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "cluster event subscriber lagged: resync");
-                    let _ = events.send(ClusterEvent::Resync);
-                }
-                Err(RecvError::Closed) => return,
-            },
-        }
-    }
-}
-
-/// SUBSCRIBE, retried while the subscriber stays connected. False if it disconnected.
-async fn subscribe(subscriber: &SubscriberClient, channel: &str) -> bool {
-    loop {
-        match subscriber.subscribe(channel).await {
-            Ok(()) => return true,
-            Err(e) => {
-                tracing::warn!(error = %e, channel, "SUBSCRIBE failed");
-                if subscriber.state() != ClientState::Connected {
-                    return false;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-/// The subscriber connection carries no replies while idle, so a silently dead connection would
-/// go unnoticed: PING it periodically and force a reconnection when it does not answer.
-async fn watch_subscriber(subscriber: SubscriberClient, every: Duration, timeout: Duration) {
-    let timeout = timeout.max(Duration::from_secs(1));
-    loop {
-        tokio::time::sleep(every).await;
-        if subscriber.state() != ClientState::Connected {
-            continue;
-        }
-        let ping = subscriber.with_options(&Options {
-            timeout: Some(timeout),
-            fail_fast: true,
-            max_attempts: Some(1),
-            ..Options::default()
-        });
-        if let Err(e) = ping.ping::<Value>(None).await
-            && subscriber.state() == ClientState::Connected
-        {
-            tracing::warn!(error = %e, "cluster event subscriber unresponsive: reconnecting");
-            let _ = subscriber.force_reconnection().await;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_urls() {
-        let c = parse_url("redis://127.0.0.1:6390/2").unwrap();
-        assert!(matches!(c.server, ServerConfig::Centralized { .. }));
-        assert_eq!(c.database, Some(2));
-        let c = parse_url("redis-sentinel://127.0.0.1:1,localhost:2,h3/mysvc").unwrap();
-        match c.server {
-            ServerConfig::Sentinel { hosts, service_name, .. } => {
-                assert_eq!(service_name, "mysvc");
-                let hp: Vec<_> = hosts.iter().map(|s| (s.host.to_string(), s.port)).collect();
-                assert_eq!(hp, vec![("127.0.0.1".into(), 1), ("localhost".into(), 2), ("h3".into(), 26379)]);
-            }
-            other => panic!("{other:?}"),
-        }
-        let c = parse_url("redis-sentinel://:secret@127.0.0.1:1/svc").unwrap();
-        assert_eq!(c.password.as_deref(), Some("secret"));
-        assert!(parse_url("redis-sentinel://127.0.0.1:1").is_err());
-        assert!(parse_url("redis-sentinel://127.0.0.1:x/svc").is_err());
-        assert!(parse_url("http://x").is_err());
-    }
-
-    #[test]
-    fn decodes_events() {
-        let u = Uuid::nil();
-        assert_eq!(
-            decode_event(&format!(r#"{{"t":"l","u":"{u}","n":"n\/1","p":true}}"#)),
-            Some(ClusterEvent::Located { user: UserId(u), node: "n/1".into(), present: true })
-        );
-        assert_eq!(
-            decode_event(&format!(r#"{{"t":"p","u":"{u}","on":false,"ls":1700000000123}}"#)),
-            Some(ClusterEvent::Presence {
-                user: UserId(u),
-                online: false,
-                last_seen: Some(1_700_000_000_123)
-            })
-        );
-        assert_eq!(decode_event("nope"), None);
     }
 }
