@@ -174,3 +174,39 @@ impl Metrics {
         out
     }
 }
+
+/// The inter-node link's figures per peer, in Prometheus text (labelled `peer`).
+pub fn render_peers(out: &mut String, peers: &[crate::cluster::link::PeerStats]) {
+    type Field = fn(&crate::cluster::link::PeerStats) -> u64;
+    let families: [(&str, &str, &str, Field); 9] = [
+        ("switchboard_peer_connected", "gauge", "1 while the link to the peer is up.", |p| {
+            p.connected as u64
+        }),
+        ("switchboard_peer_frames_sent_total", "counter", "Frames sent to the peer.", |p| p.frames_sent),
+        ("switchboard_peer_frames_received_total", "counter", "Frames received from the peer.", |p| {
+            p.frames_received
+        }),
+        ("switchboard_peer_bytes_sent_total", "counter", "Bytes sent to the peer.", |p| p.bytes_sent),
+        ("switchboard_peer_bytes_received_total", "counter", "Bytes received from the peer.", |p| {
+            p.bytes_received
+        }),
+        ("switchboard_peer_reconnects_total", "counter", "Connections to the peer after the first.", |p| {
+            p.reconnects
+        }),
+        ("switchboard_peer_queue_frames", "gauge", "Frames waiting in the queue to the peer.", |p| {
+            p.queue_len as u64
+        }),
+        ("switchboard_peer_pending_calls", "gauge", "Requests to the peer awaiting a reply.", |p| {
+            p.pending_calls as u64
+        }),
+        ("switchboard_peer_rtt_microseconds", "gauge", "Last heartbeat round trip to the peer.", |p| {
+            p.last_rtt_us
+        }),
+    ];
+    for (name, kind, help, field) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for peer in peers {
+            let _ = writeln!(out, "{name}{{peer=\"{}\"}} {}", peer.peer, field(peer));
+        }
+    }
+}

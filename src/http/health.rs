@@ -27,5 +27,9 @@ pub async fn readyz(node: NodeData) -> HttpResponse {
 }
 
 pub async fn metrics(node: NodeData) -> HttpResponse {
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(node.metrics.render())
+    let mut text = node.metrics.render();
+    if let Some(peers) = &node.peers {
+        crate::telemetry::render_peers(&mut text, &peers.stats());
+    }
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(text)
 }

@@ -195,6 +195,15 @@ async fn cluster_messages_and_presence_cross_nodes() {
         deliveries += cluster.metric(i, "switchboard_peer_deliveries_total").await;
     }
     assert!(deliveries > 0, "events crossed nodes on the link");
+    // The link's figures per peer are in /metrics.
+    let (_, text) = Api::at(&cluster.addr(0)).get_text("/metrics").await;
+    for peer in ["node2", "node3"] {
+        assert!(text.contains(&format!("switchboard_peer_connected{{peer=\"{peer}\"}} 1")), "{text}");
+        assert!(
+            !text.contains(&format!("switchboard_peer_frames_sent_total{{peer=\"{peer}\"}} 0")),
+            "{text}"
+        );
+    }
 }
 
 /// One sender of the chaos test: sends `client_msg_id`s in order, each retried (same id, new
