@@ -14,7 +14,7 @@ use crate::conversation::history::HistoryReader;
 use crate::conversation::owner::{Owner, OwnerCluster, OwnerHandle};
 use crate::conversation::peer_service::PeerService;
 use crate::crypto::MasterKey;
-use crate::delivery::registry::{Drain, PresenceChanged, PresenceView};
+use crate::delivery::registry::{Drain, PresenceChanged, PresenceView, Remark};
 use crate::delivery::remote::RemoteDelivery;
 use crate::delivery::{Registry, Router};
 use crate::model::now_millis;
@@ -201,6 +201,10 @@ impl Node {
                 me: NodeInfo { id: node_id.clone(), peer_addr: advertise },
                 ttl,
                 renew: Duration::from_millis(c.membership_renew_ms),
+                on_lapse: {
+                    let registry = registry.clone();
+                    Box::new(move || registry.do_send(Remark))
+                },
             };
             // The first round before serving, so a healthy cluster is usable at once.
             membership.round(&mut Default::default()).await;

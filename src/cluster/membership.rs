@@ -3,6 +3,8 @@
 //! clears the user marks of nodes that left (their sessions are gone). If the directory cannot
 //! be reached the last view is kept: conversations this node holds stay writable (their epochs
 //! fence them in the store), but after `lease` without a renewal it takes no new ones over.
+//! When a renewal finds the membership had lapsed (this node was paused past its TTL, or Redis
+//! lost its data), `on_lapse` runs: the node marks its connected users again.
 
 use super::link::Links;
 use super::peer::PeerMsg;
@@ -21,13 +23,21 @@ pub struct Membership {
     pub me: NodeInfo,
     pub ttl: Duration,
     pub renew: Duration,
+    /// Called when a renewal finds the membership had lapsed.
+    pub on_lapse: Box<dyn Fn() + Send + Sync>,
 }
 
 impl Membership {
     /// One round: renew, read the view, apply it. Answers whether the view was read.
     pub async fn round(&self, known: &mut BTreeSet<String>) -> bool {
         match self.directory.renew_node(&self.me, self.ttl.as_millis() as u64).await {
-            Ok(()) => self.placement.renewed(),
+            Ok(lapsed) => {
+                self.placement.renewed();
+                if lapsed {
+                    tracing::info!("membership had lapsed; marking this node's users again");
+                    (self.on_lapse)();
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "cannot renew this node's membership"),
         }
         let nodes = match self.directory.live_nodes().await {

@@ -264,6 +264,28 @@ impl Handler<PresenceChanged> for Registry {
     }
 }
 
+/// This node's membership had lapsed and other nodes may have cleared its users: mark every
+/// user with a session here again (each publishes its location, and presence if it changed).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Remark;
+
+impl Handler<Remark> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, _: Remark, _: &mut Context<Self>) {
+        let users: Vec<UserId> = self.by_user.keys().copied().collect();
+        let (presence, node) = (self.presence.clone(), self.node.clone());
+        Registry::mirror(async move {
+            let now = now_millis();
+            for user in users {
+                presence.user_connected(user, &node, now).await?;
+            }
+            Ok(())
+        });
+    }
+}
+
 /// The device logged out: close its sessions with 4001.
 #[derive(Message)]
 #[rtype(result = "()")]

@@ -40,8 +40,10 @@ pub enum ClusterEvent {
 
 #[async_trait]
 pub trait ClusterDirectory: Send + Sync + 'static {
-    /// Renews this node's membership for `ttl_ms`. `Ok` only if the backend confirmed it.
-    async fn renew_node(&self, node: &NodeInfo, ttl_ms: u64) -> StoreResult<()>;
+    /// Renews this node's membership for `ttl_ms`. `Ok` only if the backend confirmed it;
+    /// `Ok(true)` if the membership had lapsed (expired, or lost with the backend's data): other
+    /// nodes may have cleared this node's user marks, so the caller marks its users again.
+    async fn renew_node(&self, node: &NodeInfo, ttl_ms: u64) -> StoreResult<bool>;
     /// Nodes whose membership has not expired, sorted by id.
     async fn live_nodes(&self) -> StoreResult<Vec<NodeInfo>>;
     /// Graceful leave: drops the membership and every user mark of the node.
@@ -115,10 +117,11 @@ impl MemoryDirectory {
 
 #[async_trait]
 impl ClusterDirectory for MemoryDirectory {
-    async fn renew_node(&self, node: &NodeInfo, ttl_ms: u64) -> StoreResult<()> {
-        let expires = Instant::now() + std::time::Duration::from_millis(ttl_ms);
-        self.state().nodes.insert(node.id.clone(), (node.peer_addr.clone(), expires));
-        Ok(())
+    async fn renew_node(&self, node: &NodeInfo, ttl_ms: u64) -> StoreResult<bool> {
+        let now = Instant::now();
+        let expires = now + std::time::Duration::from_millis(ttl_ms);
+        let before = self.state().nodes.insert(node.id.clone(), (node.peer_addr.clone(), expires));
+        Ok(before.is_none_or(|(_, expired)| expired <= now))
     }
 
     async fn live_nodes(&self) -> StoreResult<Vec<NodeInfo>> {

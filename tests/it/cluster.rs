@@ -222,6 +222,8 @@ struct Tally {
     reconnects: AtomicU64,
     /// Longest time a sender was without a working connection, ms.
     worst_outage_ms: AtomicU64,
+    /// The node each sender is connected to now (user id → node id).
+    connected_to: Mutex<BTreeMap<String, String>>,
 }
 
 impl Sender {
@@ -252,6 +254,10 @@ impl Sender {
                     }
                     continue;
                 };
+                if down_since.is_some() {
+                    let node = conn.welcome["node"].as_str().unwrap_or_default().to_owned();
+                    tally.connected_to.lock().unwrap().insert(self.account.user_id.clone(), node);
+                }
                 if let Some(since) = down_since.take() {
                     tally.worst_outage_ms.fetch_max(since.elapsed().as_millis() as u64, Ordering::Relaxed);
                 }
@@ -310,12 +316,19 @@ async fn cluster_chaos_sigkill_and_paused_owner_lose_nothing() {
     let mut senders = Vec::new();
     let mut conversations = Vec::new();
     let mut readers = Vec::new();
+    let mut idle_readers = Vec::new();
     for p in 0..pairs {
         let api = Api::at(&cluster.addr(p % NODES));
         let a = api.register(&format!("sender{p}")).await;
         let b = api.register(&format!("reader{p}")).await;
         let conversation = api.direct(&a, &b).await;
         conversations.push(conversation.clone());
+        // Readers stay connected, idle, to node1 or node2 through the chaos (node1's survive its
+        // pause: the TCP connection outlives it).
+        let at = p % 2;
+        let idle = Ws::try_connect(&cluster.addr(at), &b, WAIT).await.expect("reader connects");
+        tally.connected_to.lock().unwrap().insert(b.user_id.clone(), format!("node{}", at + 1));
+        idle_readers.push(idle);
         readers.push(b);
         let sender = Sender { account: a, conversation, prefix: format!("p{p}") };
         // Half through the load balancer (if any), half straight to a node.
@@ -340,6 +353,9 @@ async fn cluster_chaos_sigkill_and_paused_owner_lose_nothing() {
     note("SIGCONT node1".into());
     cluster.node(0).signal("CONT");
     tokio::time::sleep(Duration::from_secs(5)).await;
+    // node1's users were cleared while it was presumed dead; having resumed, it marks them
+    // again: the directory knows the node of every connected sender.
+    let located = check_locations(&cluster, &tally).await;
     stop.store(true, Ordering::Relaxed);
     let mut acked: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
     for s in senders {
@@ -394,7 +410,7 @@ async fn cluster_chaos_sigkill_and_paused_owner_lose_nothing() {
     eprintln!(
         "chaos: {} sends, {acked_total} acked, {stored_total} stored, {} refused and retried, {} retries after no answer, \
          {} (re)connects, longest client outage {worst} ms, {claims} ownership claims, {fenced} appends fenced, \
-         {epochs_checked} message epochs checked; events: {:?}",
+         {epochs_checked} message epochs checked, {located} connected users located; events: {:?}",
         tally.sent.load(Ordering::Relaxed),
         tally.refused.load(Ordering::Relaxed),
         tally.retried.load(Ordering::Relaxed),
@@ -404,6 +420,36 @@ async fn cluster_chaos_sigkill_and_paused_owner_lose_nothing() {
     assert_eq!(acked_total, stored_total, "every stored message was acked to its sender in the end");
     assert!(acked_total > pairs * 20, "the cluster kept accepting sends: {acked_total}");
     assert!(worst <= 10_000, "a client was without a working node for {worst} ms");
+}
+
+/// Every sender's current node is among its nodes in the Redis directory (retried for a few
+/// seconds: a sender may be reconnecting). Returns how many were checked.
+async fn check_locations(cluster: &Cluster, tally: &Tally) -> usize {
+    use switchboard::store::presence::ClusterDirectory;
+    let env: BTreeMap<&str, &str> = cluster.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let directory = switchboard::store::redis_directory::RedisDirectory::connect(
+        env["SWITCHBOARD_REDIS_URL"],
+        env["SWITCHBOARD_REDIS_PREFIX"],
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let expected: Vec<(String, String)> =
+            tally.connected_to.lock().unwrap().iter().map(|(u, n)| (u.clone(), n.clone())).collect();
+        let users: Vec<switchboard::model::UserId> = expected
+            .iter()
+            .map(|(u, _)| switchboard::model::UserId(uuid::Uuid::parse_str(u).unwrap()))
+            .collect();
+        let nodes = directory.nodes_of(&users).await.unwrap();
+        let missing: Vec<_> =
+            expected.iter().zip(&nodes).filter(|((_, node), found)| !found.contains(node)).collect();
+        if missing.is_empty() {
+            return expected.len();
+        }
+        assert!(Instant::now() < deadline, "the directory lost connected users: {missing:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 /// Reads `epoch` along `seq` straight from Cassandra: set on every row, never decreasing.

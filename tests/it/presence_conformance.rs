@@ -83,7 +83,8 @@ async fn online_on_two_nodes_offline_after_the_last_with_last_seen() {
 #[tokio::test]
 async fn membership_expires_and_a_dead_nodes_users_are_cleared() {
     for (name, d) in backends().await {
-        d.renew_node(&node("x1"), 300).await.unwrap();
+        assert!(d.renew_node(&node("x1"), 300).await.unwrap(), "{name}: a first renewal is a lapse");
+        assert!(!d.renew_node(&node("x1"), 300).await.unwrap(), "{name}: a timely renewal is not");
         d.renew_node(&node("x2"), 60_000).await.unwrap();
         let ids = |nodes: Vec<NodeInfo>| nodes.into_iter().map(|n| n.id).collect::<Vec<_>>();
         let live = ids(d.live_nodes().await.unwrap());
@@ -93,6 +94,7 @@ async fn membership_expires_and_a_dead_nodes_users_are_cleared() {
         tokio::time::sleep(Duration::from_millis(600)).await;
         let live = ids(d.live_nodes().await.unwrap());
         assert!(!live.contains(&"x1".to_string()), "{name}: x1 expired: {live:?}");
+        assert!(d.renew_node(&node("x3"), 300).await.unwrap(), "{name}");
         // A user whose only node expired is offline and located nowhere.
         assert_eq!(d.nodes_of(&[u]).await.unwrap(), vec![Vec::<String>::new()], "{name}");
         assert!(!d.presence(u).await.unwrap().is_some_and(|p| p.online), "{name}");

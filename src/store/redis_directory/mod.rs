@@ -244,9 +244,8 @@ impl RedisDirectory {
         })
     }
 
-    /// Like [`ClusterDirectory::renew_node`], and tells whether the membership had lapsed
-    /// (`true`: the key had expired or never existed, so other nodes may have cleared this
-    /// node's user marks and the caller should mark its connected users again).
+    /// [`ClusterDirectory::renew_node`]: `true` when the key had expired or never existed (so
+    /// other nodes may have cleared this node's user marks).
     pub async fn renew_node_lapsed(&self, node: &NodeInfo, ttl_ms: u64) -> StoreResult<bool> {
         let args = self.args([node.id.clone(), node.peer_addr.clone(), ttl_ms.max(1).to_string()]);
         let v = self.run(&self.scripts.renew, args).await?;
@@ -311,8 +310,8 @@ impl RedisDirectory {
 
 #[async_trait]
 impl ClusterDirectory for RedisDirectory {
-    async fn renew_node(&self, node: &NodeInfo, ttl_ms: u64) -> StoreResult<()> {
-        self.renew_node_lapsed(node, ttl_ms).await.map(|_| ())
+    async fn renew_node(&self, node: &NodeInfo, ttl_ms: u64) -> StoreResult<bool> {
+        self.renew_node_lapsed(node, ttl_ms).await
     }
 
     async fn live_nodes(&self) -> StoreResult<Vec<NodeInfo>> {
