@@ -113,30 +113,14 @@ async fn cassandra_fault_sigkill_one_of_three_nodes_loses_nothing_acked() {
         let sent = a.send_message(&conversation, &cmid, &format!("body {cmid}")).await;
         acked.insert(cmid, sent["seq"].as_u64().unwrap());
     }
-    let mut stored: Vec<(u64, String, String)> = Vec::new();
-    let mut before = u64::MAX;
-    loop {
-        let (status, page) = api
-            .get(
-                &format!("/v1/conversations/{conversation}/messages?limit=200&before={before}"),
-                Some(&bob.token),
-            )
-            .await;
-        assert_eq!(status, 200, "{page}");
-        let messages = page["messages"].as_array().unwrap();
-        for m in messages.iter().rev() {
-            stored.push((
-                m["seq"].as_u64().unwrap(),
-                m["client_msg_id"].as_str().unwrap().to_owned(),
-                m["body"].as_str().unwrap().to_owned(),
-            ));
-        }
-        if page["has_more"] != true {
-            break;
-        }
-        before = messages[0]["seq"].as_u64().unwrap();
-    }
-    stored.reverse();
+    let stored: Vec<(u64, String, String)> = all_messages(&api, &conversation, &bob.token)
+        .await
+        .iter()
+        .map(|m| {
+            let text = |k: &str| m[k].as_str().unwrap().to_owned();
+            (m["seq"].as_u64().unwrap(), text("client_msg_id"), text("body"))
+        })
+        .collect();
     assert_eq!(stored.len(), i as usize, "every send stored exactly once");
     for (n, (seq, cmid, body)) in stored.iter().enumerate() {
         assert_eq!(*seq, n as u64 + 1, "seqs are gapless");

@@ -2,9 +2,11 @@
 //! and Redis (`SWITCHBOARD_TEST_REDIS`), behind a real HAProxy when `haproxy` is installed.
 //! Messages cross nodes (sender on one, recipient on another, owner on a third), presence
 //! crosses nodes, and under load one node is SIGKILLed and restarted and the owner of busy
-//! conversations is SIGSTOPped past its lease and resumed. Every run asserts: 0 acknowledged
-//! messages lost, 0 duplicates, no seq gaps, every stored message written under an owner epoch
-//! that never goes back, and clients back within 10 s. `#[ignore]`d: `scripts/test` runs it
+//! conversations is SIGSTOPped past its lease and resumed; and, on a Redis of its own under
+//! Sentinel, the Redis primary is killed (failover), then Redis is down for 6 s and comes back
+//! empty. Every run asserts: 0 acknowledged messages lost, 0 duplicates, no seq gaps, every
+//! stored message written under an owner epoch that never goes back, the directory knows the
+//! node of every connected user, and clients back within 10 s. `#[ignore]`d: `scripts/test` runs it
 //! with the servers started (`-- --ignored cluster::`).
 
 use crate::harness::*;
@@ -36,9 +38,16 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// Three nodes on one fresh keyspace and Redis prefix; `None` if the servers are not there.
+    /// Three nodes on one fresh keyspace and Redis prefix, on the test Redis; `None` if the
+    /// servers are not there.
     async fn start(name: &str) -> Option<Cluster> {
-        let (Ok(cassandra), Ok(redis)) =
+        let redis = std::env::var("SWITCHBOARD_TEST_REDIS").ok()?;
+        Cluster::start_on(name, &format!("redis://{redis}")).await
+    }
+
+    /// Three nodes on one fresh keyspace, with the directory at `redis_url`.
+    async fn start_on(name: &str, redis_url: &str) -> Option<Cluster> {
+        let (Ok(cassandra), Ok(_)) =
             (std::env::var("SWITCHBOARD_TEST_CASSANDRA"), std::env::var("SWITCHBOARD_TEST_REDIS"))
         else {
             eprintln!(
@@ -57,7 +66,7 @@ impl Cluster {
             ),
             ("SWITCHBOARD_CASSANDRA_TIMEOUT_MS", "3000".to_owned()),
             ("SWITCHBOARD_PRESENCE_BACKEND", "redis".to_owned()),
-            ("SWITCHBOARD_REDIS_URL", format!("redis://{redis}")),
+            ("SWITCHBOARD_REDIS_URL", redis_url.to_owned()),
             ("SWITCHBOARD_REDIS_PREFIX", format!("sbtest:{name}:{}:", std::process::id())),
             ("SWITCHBOARD_CLUSTER_ENABLED", "true".to_owned()),
             ("SWITCHBOARD_CLUSTER_SECRET", random_hex(32)),
@@ -224,6 +233,8 @@ struct Tally {
     worst_outage_ms: AtomicU64,
     /// The node each sender is connected to now (user id → node id).
     connected_to: Mutex<BTreeMap<String, String>>,
+    /// Sends acknowledged so far.
+    acked: AtomicU64,
 }
 
 impl Sender {
@@ -286,6 +297,7 @@ impl Sender {
                         if let Some(before) = acked.insert(cmid.clone(), seq) {
                             assert_eq!(before, seq, "one client_msg_id acked with two seqs");
                         }
+                        tally.acked.fetch_add(1, Ordering::Relaxed);
                         break;
                     }
                     Some(f) if f["type"] == "error" => {
@@ -305,121 +317,234 @@ impl Sender {
     }
 }
 
+/// The chaos load: `pairs` senders (half through the load balancer, half straight to a node),
+/// each with a reader that stays connected, idle, to node1 or node2 throughout.
+struct Load {
+    senders: Vec<tokio::task::JoinHandle<(String, BTreeMap<String, u64>)>>,
+    conversations: Vec<String>,
+    readers: Vec<Account>,
+    _idle_readers: Vec<Ws>,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+    events: Mutex<Vec<String>>,
+    started: Instant,
+}
+
+impl Load {
+    async fn start(cluster: &Cluster, pairs: usize) -> Load {
+        let endpoints = cluster.endpoints();
+        let stop = Arc::new(AtomicBool::new(false));
+        let tally = Arc::new(Tally::default());
+        let (mut senders, mut conversations, mut readers, mut idle_readers) =
+            (vec![], vec![], vec![], vec![]);
+        for p in 0..pairs {
+            let api = Api::at(&cluster.addr(p % NODES));
+            let a = api.register(&format!("sender{p}")).await;
+            let b = api.register(&format!("reader{p}")).await;
+            let conversation = api.direct(&a, &b).await;
+            conversations.push(conversation.clone());
+            // node1's readers survive its pause: the TCP connection outlives it.
+            let at = p % 2;
+            let idle = Ws::try_connect(&cluster.addr(at), &b, WAIT).await.expect("reader connects");
+            tally.connected_to.lock().unwrap().insert(b.user_id.clone(), format!("node{}", at + 1));
+            idle_readers.push(idle);
+            readers.push(b);
+            let sender = Sender { account: a, conversation, prefix: format!("p{p}") };
+            // `run` moves to the next endpoint before connecting: the lb is endpoint 0.
+            let start =
+                if p % 2 == 0 { endpoints.len() - 1 } else { p % NODES + endpoints.len() - NODES - 1 };
+            senders.push(tokio::spawn(sender.run(endpoints.clone(), start, stop.clone(), tally.clone())));
+        }
+        Load {
+            senders,
+            conversations,
+            readers,
+            _idle_readers: idle_readers,
+            stop,
+            tally,
+            events: Mutex::new(Vec::new()),
+            started: Instant::now(),
+        }
+    }
+
+    fn note(&self, what: &str) {
+        let what = format!("{:.1} s: {what}", self.started.elapsed().as_secs_f64());
+        eprintln!("chaos: {what}");
+        self.events.lock().unwrap().push(what);
+    }
+
+    fn acked(&self) -> u64 {
+        self.tally.acked.load(Ordering::Relaxed)
+    }
+
+    /// Stops sending, waits for every send to be acked, and checks the store: every acked
+    /// message stored once at its acked seq, seqs gapless, nothing stored that was not acked,
+    /// epochs never going back, clients never without a node for more than 10 s.
+    async fn finish(self, cluster: &Cluster) {
+        let located = check_locations(cluster, &self.tally).await;
+        self.stop.store(true, Ordering::Relaxed);
+        let mut acked: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+        for s in self.senders {
+            let (conversation, a) =
+                tokio::time::timeout(Duration::from_secs(60), s).await.expect("senders finish").unwrap();
+            acked.insert(conversation, a);
+        }
+        let api = Api::at(&cluster.addr(1));
+        let mut stored_total = 0;
+        for (conversation, reader) in self.conversations.iter().zip(&self.readers) {
+            let stored: Vec<(u64, String)> = all_messages(&api, conversation, &reader.token)
+                .await
+                .iter()
+                .map(|m| (m["seq"].as_u64().unwrap(), m["client_msg_id"].as_str().unwrap().to_owned()))
+                .collect();
+            let seqs: Vec<u64> = stored.iter().map(|(s, _)| *s).collect();
+            assert_eq!(seqs, (1..=stored.len() as u64).collect::<Vec<_>>(), "gapless seqs in {conversation}");
+            let ids: BTreeSet<&String> = stored.iter().map(|(_, c)| c).collect();
+            assert_eq!(ids.len(), stored.len(), "a duplicate in {conversation}");
+            let by_id: BTreeMap<&String, u64> = stored.iter().map(|(s, c)| (c, *s)).collect();
+            for (cmid, seq) in &acked[conversation] {
+                assert_eq!(by_id.get(cmid), Some(seq), "acked {cmid} lost or moved in {conversation}");
+            }
+            stored_total += stored.len();
+        }
+        let epochs_checked = check_epochs(cluster, &self.conversations).await;
+        let acked_total: usize = acked.values().map(BTreeMap::len).sum();
+        let (mut claims, mut fenced) = (0, 0);
+        for i in 0..NODES {
+            claims += cluster.metric(i, "switchboard_ownership_claims_total").await;
+            fenced += cluster.metric(i, "switchboard_appends_fenced_total").await;
+        }
+        let tally = &self.tally;
+        let worst = tally.worst_outage_ms.load(Ordering::Relaxed);
+        eprintln!(
+            "chaos: {} sends, {acked_total} acked, {stored_total} stored, {} refused and retried, {} retries after \
+             no answer, {} (re)connects, longest client outage {worst} ms, {claims} ownership claims, {fenced} \
+             appends fenced, {epochs_checked} message epochs checked, {located} connected users located; events: {:?}",
+            tally.sent.load(Ordering::Relaxed),
+            tally.refused.load(Ordering::Relaxed),
+            tally.retried.load(Ordering::Relaxed),
+            tally.reconnects.load(Ordering::Relaxed),
+            self.events.lock().unwrap()
+        );
+        assert_eq!(acked_total, stored_total, "every stored message was acked to its sender in the end");
+        assert!(
+            acked_total > self.conversations.len() * 20,
+            "the cluster kept accepting sends: {acked_total}"
+        );
+        assert!(worst <= 10_000, "a client was without a working node for {worst} ms");
+    }
+}
+
 #[tokio::test]
 #[ignore = "needs Cassandra and Redis: run by scripts/test"]
 async fn cluster_chaos_sigkill_and_paused_owner_lose_nothing() {
     let Some(mut cluster) = Cluster::start("chaos").await else { return };
-    let pairs = 24;
-    let endpoints = cluster.endpoints();
-    let stop = Arc::new(AtomicBool::new(false));
-    let tally = Arc::new(Tally::default());
-    let mut senders = Vec::new();
-    let mut conversations = Vec::new();
-    let mut readers = Vec::new();
-    let mut idle_readers = Vec::new();
-    for p in 0..pairs {
-        let api = Api::at(&cluster.addr(p % NODES));
-        let a = api.register(&format!("sender{p}")).await;
-        let b = api.register(&format!("reader{p}")).await;
-        let conversation = api.direct(&a, &b).await;
-        conversations.push(conversation.clone());
-        // Readers stay connected, idle, to node1 or node2 through the chaos (node1's survive its
-        // pause: the TCP connection outlives it).
-        let at = p % 2;
-        let idle = Ws::try_connect(&cluster.addr(at), &b, WAIT).await.expect("reader connects");
-        tally.connected_to.lock().unwrap().insert(b.user_id.clone(), format!("node{}", at + 1));
-        idle_readers.push(idle);
-        readers.push(b);
-        let sender = Sender { account: a, conversation, prefix: format!("p{p}") };
-        // Half through the load balancer (if any), half straight to a node.
-        let start = if p % 2 == 0 { endpoints.len() - 1 } else { p % NODES + endpoints.len() - NODES - 1 };
-        senders.push(tokio::spawn(sender.run(endpoints.clone(), start, stop.clone(), tally.clone())));
-    }
-    let log = Arc::new(Mutex::new(Vec::<String>::new()));
-    let note = |what: String| {
-        eprintln!("chaos: {what}");
-        log.lock().unwrap().push(what);
-    };
+    let load = Load::start(&cluster, 24).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    note("SIGKILL node3".into());
+    load.note("SIGKILL node3");
     cluster.nodes[2].as_mut().unwrap().kill9().await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    note("restart node3".into());
+    load.note("restart node3");
     cluster.start_node(2).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    note("SIGSTOP node1 for 5 s (its lease is 1.5 s)".into());
+    load.note("SIGSTOP node1 for 5 s (its lease is 1.5 s)");
     cluster.node(0).signal("STOP");
     tokio::time::sleep(Duration::from_secs(5)).await;
-    note("SIGCONT node1".into());
+    load.note("SIGCONT node1");
     cluster.node(0).signal("CONT");
     tokio::time::sleep(Duration::from_secs(5)).await;
     // node1's users were cleared while it was presumed dead; having resumed, it marks them
-    // again: the directory knows the node of every connected sender.
-    let located = check_locations(&cluster, &tally).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut acked: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    for s in senders {
-        let (conversation, a) =
-            tokio::time::timeout(Duration::from_secs(60), s).await.expect("senders finish").unwrap();
-        acked.insert(conversation, a);
+    // again (`finish` checks the directory knows every connected user's node).
+    load.finish(&cluster).await;
+}
+
+/// Redis for one test, under Sentinel: a primary, a replica and three Sentinels, run by
+/// `scripts/redis` in a home of their own (stopped on drop).
+struct RedisSet {
+    home: tempfile::TempDir,
+    ports: BTreeMap<&'static str, u16>,
+}
+
+impl RedisSet {
+    fn redis(&self, args: &[&str]) {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/redis");
+        let status = std::process::Command::new(script)
+            .args(args)
+            .env("SWITCHBOARD_REDIS_HOME", self.home.path())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "scripts/redis {args:?}");
     }
-    // Every stored message: exactly once, gapless, acked ones at their acked seq.
-    let api = Api::at(&cluster.addr(1));
-    let mut stored_total = 0;
-    for (conversation, reader) in conversations.iter().zip(&readers) {
-        let mut stored: Vec<(u64, String)> = Vec::new();
-        let mut before = u64::MAX;
-        loop {
-            let (status, page) = api
-                .get(
-                    &format!("/v1/conversations/{conversation}/messages?limit=200&before={before}"),
-                    Some(&reader.token),
-                )
-                .await;
-            assert_eq!(status, 200, "{page}");
-            let messages = page["messages"].as_array().unwrap();
-            for m in messages.iter().rev() {
-                stored.push((m["seq"].as_u64().unwrap(), m["client_msg_id"].as_str().unwrap().to_owned()));
-            }
-            if page["has_more"] != true || messages.is_empty() {
-                break;
-            }
-            before = messages[0]["seq"].as_u64().unwrap();
+
+    fn start() -> RedisSet {
+        let ports: BTreeMap<&'static str, u16> =
+            ["primary", "replica", "s1", "s2", "s3"].into_iter().map(|n| (n, free_port())).collect();
+        let set = RedisSet { home: tempfile::tempdir().unwrap(), ports };
+        let port = |n: &str| set.ports[n].to_string();
+        set.redis(&["start", "primary", &port("primary")]);
+        set.redis(&["replica", "replica", &port("replica"), &port("primary")]);
+        for s in ["s1", "s2", "s3"] {
+            set.redis(&["sentinel", s, &port(s), &port("primary")]);
         }
-        stored.reverse();
-        let seqs: Vec<u64> = stored.iter().map(|(s, _)| *s).collect();
-        assert_eq!(seqs, (1..=stored.len() as u64).collect::<Vec<_>>(), "gapless seqs in {conversation}");
-        let ids: BTreeSet<&String> = stored.iter().map(|(_, c)| c).collect();
-        assert_eq!(ids.len(), stored.len(), "a duplicate in {conversation}");
-        let by_id: BTreeMap<&String, u64> = stored.iter().map(|(s, c)| (c, *s)).collect();
-        for (cmid, seq) in &acked[conversation] {
-            assert_eq!(by_id.get(cmid), Some(seq), "acked {cmid} lost or moved in {conversation}");
-        }
-        stored_total += stored.len();
+        set
     }
-    // Epochs: every message row carries the epoch of its writer, never going back along seq.
-    let epochs_checked = check_epochs(&cluster, &conversations).await;
-    let acked_total: usize = acked.values().map(BTreeMap::len).sum();
-    let mut claims = 0;
-    let mut fenced = 0;
-    for i in 0..NODES {
-        claims += cluster.metric(i, "switchboard_ownership_claims_total").await;
-        fenced += cluster.metric(i, "switchboard_appends_fenced_total").await;
+
+    fn url(&self) -> String {
+        let sentinels: Vec<String> =
+            ["s1", "s2", "s3"].iter().map(|s| format!("127.0.0.1:{}", self.ports[s])).collect();
+        format!("redis-sentinel://{}/switchboard", sentinels.join(","))
     }
-    let worst = tally.worst_outage_ms.load(Ordering::Relaxed);
-    eprintln!(
-        "chaos: {} sends, {acked_total} acked, {stored_total} stored, {} refused and retried, {} retries after no answer, \
-         {} (re)connects, longest client outage {worst} ms, {claims} ownership claims, {fenced} appends fenced, \
-         {epochs_checked} message epochs checked, {located} connected users located; events: {:?}",
-        tally.sent.load(Ordering::Relaxed),
-        tally.refused.load(Ordering::Relaxed),
-        tally.retried.load(Ordering::Relaxed),
-        tally.reconnects.load(Ordering::Relaxed),
-        log.lock().unwrap()
-    );
-    assert_eq!(acked_total, stored_total, "every stored message was acked to its sender in the end");
-    assert!(acked_total > pairs * 20, "the cluster kept accepting sends: {acked_total}");
-    assert!(worst <= 10_000, "a client was without a working node for {worst} ms");
+
+    /// The primary's port as the Sentinels see it now.
+    async fn primary_port(&self) -> u16 {
+        let out = tokio::process::Command::new("redis-cli")
+            .args(["-p", &self.ports["s1"].to_string(), "sentinel", "get-master-addr-by-name", "switchboard"])
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines().nth(1).and_then(|p| p.trim().parse().ok()).unwrap_or(0)
+    }
+}
+
+impl Drop for RedisSet {
+    fn drop(&mut self) {
+        self.redis(&["stop-all"]);
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs Cassandra and Redis: run by scripts/test"]
+async fn cluster_chaos_redis_failover_and_outage_lose_nothing() {
+    if std::env::var("SWITCHBOARD_TEST_REDIS").is_err() {
+        return;
+    }
+    let redis = RedisSet::start();
+    let Some(cluster) = Cluster::start_on("redischaos", &redis.url()).await else { return };
+    let load = Load::start(&cluster, 16).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    load.note("SIGKILL the Redis primary (Sentinel fails over to the replica)");
+    redis.redis(&["kill", "primary"]);
+    let replica = redis.ports["replica"];
+    let failed_over = Instant::now();
+    while redis.primary_port().await != replica {
+        assert!(failed_over.elapsed() < Duration::from_secs(30), "no Sentinel failover");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    load.note(&format!("replica promoted after {:.1} s", failed_over.elapsed().as_secs_f64()));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    load.note("Redis down: SIGKILL the only primary left, for 6 s");
+    let before = load.acked();
+    redis.redis(&["kill", "replica"]);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let during = load.acked() - before;
+    load.note(&format!("restart Redis, empty ({during} sends acked while it was down)"));
+    redis.redis(&["start", "replica", &replica.to_string()]);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(during > 0, "sends stopped while Redis was down");
+    // Redis lost everything: each node found its membership lapsed and marked its users again.
+    load.finish(&cluster).await;
 }
 
 /// Every sender's current node is among its nodes in the Redis directory (retried for a few

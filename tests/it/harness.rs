@@ -428,6 +428,26 @@ impl Ws {
     }
 }
 
+/// Every message of a conversation, oldest first, read through REST history page by page.
+pub async fn all_messages(api: &Api, conversation: &str, token: &str) -> Vec<Value> {
+    let mut stored: Vec<Value> = Vec::new();
+    let mut before = u64::MAX;
+    loop {
+        let (status, page) = api
+            .get(&format!("/v1/conversations/{conversation}/messages?limit=200&before={before}"), Some(token))
+            .await;
+        assert_eq!(status, 200, "{page}");
+        let messages = page["messages"].as_array().unwrap();
+        stored.extend(messages.iter().rev().cloned());
+        if page["has_more"] != true || messages.is_empty() {
+            break;
+        }
+        before = messages[0]["seq"].as_u64().unwrap();
+    }
+    stored.reverse();
+    stored
+}
+
 /// alice and bob, registered, with their direct conversation.
 pub async fn pair(server: &Server) -> (Api, Account, Account, String) {
     let api = server.api();
