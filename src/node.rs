@@ -159,8 +159,9 @@ impl Node {
             stores.presence = Arc::new(directory);
         }
         let directory = stores.presence.clone();
-        // Marks of this node's previous run are stale: clear them before any session connects.
-        if let Err(e) = directory.clear_node(&node_id, now_millis()).await {
+        // Marks of this node's previous run are stale (its membership may not have expired yet
+        // after a quick restart): leave, clearing them, before any session connects.
+        if let Err(e) = directory.leave(&node_id, now_millis()).await {
             tracing::warn!(error = %e, "could not clear this node's sessions of a previous run");
         }
         let registry = Registry::new(node_id.clone(), directory.clone(), clustered).start();

@@ -57,8 +57,9 @@ pub trait ClusterDirectory: Send + Sync + 'static {
     async fn nodes_of(&self, users: &[UserId]) -> StoreResult<Vec<Vec<String>>>;
     /// Online iff a live node holds the user; `None` if never seen.
     async fn presence(&self, user: UserId) -> StoreResult<Option<PresenceRecord>>;
-    /// Removes every user mark of a dead node (or of this node's previous run); idempotent.
-    /// Returns how many users it cleared.
+    /// Removes every user mark of a node whose membership has expired; idempotent. A live
+    /// node's marks are current and stay (it may have renewed and marked its users again since
+    /// the caller saw it gone). Returns how many users it cleared.
     async fn clear_node(&self, node: &str, at: Millis) -> StoreResult<usize>;
     /// The cluster's events, this node's own included.
     fn events(&self) -> broadcast::Receiver<ClusterEvent>;
@@ -136,8 +137,8 @@ impl ClusterDirectory for MemoryDirectory {
     }
 
     async fn leave(&self, node: &str, at: Millis) -> StoreResult<()> {
-        self.clear_node(node, at).await?;
         self.state().nodes.remove(node);
+        self.clear_node(node, at).await?;
         Ok(())
     }
 
@@ -183,6 +184,9 @@ impl ClusterDirectory for MemoryDirectory {
 
     async fn clear_node(&self, node: &str, at: Millis) -> StoreResult<usize> {
         let mut state = self.state();
+        if state.nodes.get(node).is_some_and(|(_, expires)| *expires > Instant::now()) {
+            return Ok(0);
+        }
         let users: Vec<UserId> =
             state.users.iter().filter(|(_, nodes)| nodes.contains(node)).map(|(u, _)| *u).collect();
         for user in &users {

@@ -2,11 +2,14 @@
 //! client sends at a steady rate, node 2 is SIGKILLed, sending goes on, node 2 restarts.
 //! Every message that got `sent` must be readable afterwards, exactly once, with seqs gapless;
 //! a send during the outage either succeeds or gets `store_unavailable` — never a false ack.
+//! A second test runs the three-node switchboard cluster on the same ring (RF 3) under load
+//! while Cassandra node 2 and a switchboard node are SIGKILLed and restarted.
 //!
 //! It needs node 1 running and starts/stops nodes 2 and 3 itself, so it is `#[ignore]`d and
 //! run on its own by `scripts/test` (`-- --ignored cassandra_fault`), after the other suites:
 //! nodes joining the ring would take token ranges away from their RF 1 keyspaces.
 
+use crate::cluster::{Cluster, Load};
 use crate::harness::*;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
@@ -127,6 +130,51 @@ async fn cassandra_fault_sigkill_one_of_three_nodes_loses_nothing_acked() {
         assert_eq!(acked.get(cmid), Some(seq), "{cmid} stored at the seq it was acked with");
         assert_eq!(*body, format!("body {cmid}"));
     }
+    tokio::task::spawn_blocking(|| {
+        cassandra(&["stop", "3"]);
+        cassandra(&["stop", "2"]);
+    })
+    .await
+    .unwrap();
+}
+
+/// The cluster on a 3-node ring (RF 3, LOCAL_QUORUM, the LWTs at LOCAL_SERIAL): three
+/// switchboard nodes under load through HAProxy while Cassandra node 2 is SIGKILLed and a
+/// switchboard node too, both restarted. Same checks as the cluster chaos tests.
+#[tokio::test]
+#[ignore = "needs Cassandra node 1 and Redis running and starts nodes 2-3: run by scripts/test"]
+async fn cassandra_fault_cluster_on_three_ring_nodes_loses_nothing() {
+    let Ok(redis) = std::env::var("SWITCHBOARD_TEST_REDIS") else { return };
+    tokio::task::spawn_blocking(|| {
+        cassandra(&["start", "2"]);
+        cassandra(&["start", "3"]);
+    })
+    .await
+    .unwrap();
+    let Some(mut cluster) = Cluster::start_with_store(
+        "ring",
+        &format!("redis://{redis}"),
+        Some("127.0.0.1:9042,127.0.0.2:9042,127.0.0.3:9042"),
+        "{'class': 'NetworkTopologyStrategy', 'datacenter1': 3}",
+    )
+    .await
+    else {
+        return;
+    };
+    let load = Load::start(&cluster, 16).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    load.note("SIGKILL Cassandra node 2");
+    tokio::task::spawn_blocking(|| cassandra(&["kill", "2"])).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    load.note("SIGKILL switchboard node3");
+    cluster.nodes[2].as_mut().unwrap().kill9().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    load.note("restart switchboard node3 and Cassandra node 2");
+    cluster.start_node(2).await;
+    tokio::task::spawn_blocking(|| cassandra(&["start", "2"])).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    load.finish(&cluster).await;
+    drop(cluster);
     tokio::task::spawn_blocking(|| {
         cassandra(&["stop", "3"]);
         cassandra(&["stop", "2"]);

@@ -29,11 +29,11 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-struct Cluster {
+pub(crate) struct Cluster {
     env: Vec<(String, String)>,
     ports: Vec<u16>,
     dirs: Vec<Arc<tempfile::TempDir>>,
-    nodes: Vec<Option<Server>>,
+    pub(crate) nodes: Vec<Option<Server>>,
     lb: Option<(String, String)>,
 }
 
@@ -47,6 +47,23 @@ impl Cluster {
 
     /// Three nodes on one fresh keyspace, with the directory at `redis_url`.
     async fn start_on(name: &str, redis_url: &str) -> Option<Cluster> {
+        Cluster::start_with_store(
+            name,
+            redis_url,
+            None,
+            "{'class': 'SimpleStrategy', 'replication_factor': 1}",
+        )
+        .await
+    }
+
+    /// Three nodes with the directory at `redis_url`, on Cassandra at `cassandra_nodes` (default:
+    /// the test node) in a fresh keyspace with this replication.
+    pub(crate) async fn start_with_store(
+        name: &str,
+        redis_url: &str,
+        cassandra_nodes: Option<&str>,
+        replication: &str,
+    ) -> Option<Cluster> {
         let (Ok(cassandra), Ok(_)) =
             (std::env::var("SWITCHBOARD_TEST_CASSANDRA"), std::env::var("SWITCHBOARD_TEST_REDIS"))
         else {
@@ -58,12 +75,10 @@ impl Cluster {
         let keyspace = format!("sbtest_{name}_{}", std::process::id());
         let env: Vec<(String, String)> = [
             ("SWITCHBOARD_STORE_BACKEND", "cassandra".to_owned()),
-            ("SWITCHBOARD_CASSANDRA_NODES", cassandra),
+            ("SWITCHBOARD_CASSANDRA_NODES", cassandra_nodes.map(str::to_owned).unwrap_or(cassandra)),
             ("SWITCHBOARD_CASSANDRA_KEYSPACE", keyspace),
-            (
-                "SWITCHBOARD_CASSANDRA_REPLICATION",
-                "{'class': 'SimpleStrategy', 'replication_factor': 1}".to_owned(),
-            ),
+            ("SWITCHBOARD_CASSANDRA_REPLICATION", replication.to_owned()),
+            ("SWITCHBOARD_CASSANDRA_CONSISTENCY", "local_quorum".to_owned()),
             ("SWITCHBOARD_CASSANDRA_TIMEOUT_MS", "3000".to_owned()),
             ("SWITCHBOARD_PRESENCE_BACKEND", "redis".to_owned()),
             ("SWITCHBOARD_REDIS_URL", redis_url.to_owned()),
@@ -97,7 +112,7 @@ impl Cluster {
         Some(cluster)
     }
 
-    async fn start_node(&mut self, i: usize) {
+    pub(crate) async fn start_node(&mut self, i: usize) {
         let mut env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let node_id = format!("node{}", i + 1);
         let http = format!("127.0.0.1:{}", self.ports[i]);
@@ -319,11 +334,12 @@ impl Sender {
 
 /// The chaos load: `pairs` senders (half through the load balancer, half straight to a node),
 /// each with a reader that stays connected, idle, to node1 or node2 throughout.
-struct Load {
+pub(crate) struct Load {
     senders: Vec<tokio::task::JoinHandle<(String, BTreeMap<String, u64>)>>,
     conversations: Vec<String>,
     readers: Vec<Account>,
-    _idle_readers: Vec<Ws>,
+    /// Tasks that keep the readers' connections read (so they answer the server's pings).
+    idle_readers: Vec<tokio::task::JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     tally: Arc<Tally>,
     events: Mutex<Vec<String>>,
@@ -331,7 +347,7 @@ struct Load {
 }
 
 impl Load {
-    async fn start(cluster: &Cluster, pairs: usize) -> Load {
+    pub(crate) async fn start(cluster: &Cluster, pairs: usize) -> Load {
         let endpoints = cluster.endpoints();
         let stop = Arc::new(AtomicBool::new(false));
         let tally = Arc::new(Tally::default());
@@ -347,7 +363,10 @@ impl Load {
             let at = p % 2;
             let idle = Ws::try_connect(&cluster.addr(at), &b, WAIT).await.expect("reader connects");
             tally.connected_to.lock().unwrap().insert(b.user_id.clone(), format!("node{}", at + 1));
-            idle_readers.push(idle);
+            let mut idle = idle;
+            idle_readers.push(tokio::spawn(async move {
+                while idle.next_within(Duration::from_secs(3600)).await.is_some() {}
+            }));
             readers.push(b);
             let sender = Sender { account: a, conversation, prefix: format!("p{p}") };
             // `run` moves to the next endpoint before connecting: the lb is endpoint 0.
@@ -359,7 +378,7 @@ impl Load {
             senders,
             conversations,
             readers,
-            _idle_readers: idle_readers,
+            idle_readers,
             stop,
             tally,
             events: Mutex::new(Vec::new()),
@@ -367,7 +386,7 @@ impl Load {
         }
     }
 
-    fn note(&self, what: &str) {
+    pub(crate) fn note(&self, what: &str) {
         let what = format!("{:.1} s: {what}", self.started.elapsed().as_secs_f64());
         eprintln!("chaos: {what}");
         self.events.lock().unwrap().push(what);
@@ -380,9 +399,12 @@ impl Load {
     /// Stops sending, waits for every send to be acked, and checks the store: every acked
     /// message stored once at its acked seq, seqs gapless, nothing stored that was not acked,
     /// epochs never going back, clients never without a node for more than 10 s.
-    async fn finish(self, cluster: &Cluster) {
+    pub(crate) async fn finish(self, cluster: &Cluster) {
         let located = check_locations(cluster, &self.tally).await;
         self.stop.store(true, Ordering::Relaxed);
+        for reader in &self.idle_readers {
+            reader.abort();
+        }
         let mut acked: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
         for s in self.senders {
             let (conversation, a) =
@@ -572,7 +594,10 @@ async fn check_locations(cluster: &Cluster, tally: &Tally) -> usize {
         if missing.is_empty() {
             return expected.len();
         }
-        assert!(Instant::now() < deadline, "the directory lost connected users: {missing:?}");
+        if Instant::now() >= deadline {
+            let live = directory.live_nodes().await;
+            panic!("the directory lost connected users: {missing:?}; live nodes {live:?}");
+        }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
@@ -581,7 +606,7 @@ async fn check_locations(cluster: &Cluster, tally: &Tally) -> usize {
 async fn check_epochs(cluster: &Cluster, conversations: &[String]) -> usize {
     let env: BTreeMap<&str, &str> = cluster.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let session = scylla::client::session_builder::SessionBuilder::new()
-        .known_node(env["SWITCHBOARD_CASSANDRA_NODES"])
+        .known_nodes(env["SWITCHBOARD_CASSANDRA_NODES"].split(','))
         .build()
         .await
         .unwrap();

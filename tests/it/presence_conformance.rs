@@ -91,6 +91,7 @@ async fn membership_expires_and_a_dead_nodes_users_are_cleared() {
         assert!(live.contains(&"x1".to_string()) && live.contains(&"x2".to_string()), "{name}: {live:?}");
         let u = UserId::generate();
         d.user_connected(u, "x1", 1).await.unwrap();
+        assert_eq!(d.clear_node("x1", 2).await.unwrap(), 0, "{name}: a live node's marks stay");
         tokio::time::sleep(Duration::from_millis(600)).await;
         let live = ids(d.live_nodes().await.unwrap());
         assert!(!live.contains(&"x1".to_string()), "{name}: x1 expired: {live:?}");

@@ -88,7 +88,8 @@ return unmark(u, n, ARGV[4])
 /// ARGV: P, node, at, batch, leave ('1': also delete the membership). Returns {cleared, more}.
 const LUA_CLEAR: &str = r#"
 local n, at = ARGV[2], ARGV[3]
-if ARGV[5] == '1' then redis.call('DEL', P .. 'node:' .. n) end
+if ARGV[5] == '1' then redis.call('DEL', P .. 'node:' .. n)
+elseif live(n) then return {0, 0} end
 local nkey = P .. 'nodeusers:' .. n
 local users = redis.call('SPOP', nkey, tonumber(ARGV[4]))
 local cleared = 0
