@@ -161,7 +161,7 @@ async fn cassandra_fault_cluster_on_three_ring_nodes_loses_nothing() {
     else {
         return;
     };
-    let load = Load::start(&cluster, 16).await;
+    let load = Load::start(&cluster, 16, Duration::from_millis(150)).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     load.note("SIGKILL Cassandra node 2");
     tokio::task::spawn_blocking(|| cassandra(&["kill", "2"])).await.unwrap();

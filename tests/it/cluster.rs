@@ -236,6 +236,8 @@ struct Sender {
     account: Account,
     conversation: String,
     prefix: String,
+    /// Pause between two sends.
+    pace: Duration,
 }
 
 #[derive(Default)]
@@ -326,7 +328,7 @@ impl Sender {
                 }
             }
             i += 1;
-            tokio::time::sleep(Duration::from_millis(150)).await;
+            tokio::time::sleep(self.pace).await;
         }
         (self.conversation, acked)
     }
@@ -347,28 +349,38 @@ pub(crate) struct Load {
 }
 
 impl Load {
-    pub(crate) async fn start(cluster: &Cluster, pairs: usize) -> Load {
+    /// `pairs` sender/reader pairs; each sender sends one message every `pace`.
+    pub(crate) async fn start(cluster: &Cluster, pairs: usize, pace: Duration) -> Load {
+        use futures_util::StreamExt;
         let endpoints = cluster.endpoints();
         let stop = Arc::new(AtomicBool::new(false));
         let tally = Arc::new(Tally::default());
+        // Accounts and conversations, a few at a time (password hashing is the slow part).
+        let mut accounts: Vec<(usize, Account, Account, String)> = futures_util::stream::iter(0..pairs)
+            .map(|p| async move {
+                let api = Api::at(&cluster.addr(p % NODES));
+                let a = api.register(&format!("sender{p}")).await;
+                let b = api.register(&format!("reader{p}")).await;
+                let conversation = api.direct(&a, &b).await;
+                (p, a, b, conversation)
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        accounts.sort_by_key(|(p, ..)| *p);
         let (mut senders, mut conversations, mut readers, mut idle_readers) =
             (vec![], vec![], vec![], vec![]);
-        for p in 0..pairs {
-            let api = Api::at(&cluster.addr(p % NODES));
-            let a = api.register(&format!("sender{p}")).await;
-            let b = api.register(&format!("reader{p}")).await;
-            let conversation = api.direct(&a, &b).await;
+        for (p, a, b, conversation) in accounts {
             conversations.push(conversation.clone());
             // node1's readers survive its pause: the TCP connection outlives it.
             let at = p % 2;
-            let idle = Ws::try_connect(&cluster.addr(at), &b, WAIT).await.expect("reader connects");
+            let mut idle = Ws::try_connect(&cluster.addr(at), &b, WAIT).await.expect("reader connects");
             tally.connected_to.lock().unwrap().insert(b.user_id.clone(), format!("node{}", at + 1));
-            let mut idle = idle;
             idle_readers.push(tokio::spawn(async move {
                 while idle.next_within(Duration::from_secs(3600)).await.is_some() {}
             }));
             readers.push(b);
-            let sender = Sender { account: a, conversation, prefix: format!("p{p}") };
+            let sender = Sender { account: a, conversation, prefix: format!("p{p}"), pace };
             // `run` moves to the next endpoint before connecting: the lb is endpoint 0.
             let start =
                 if p % 2 == 0 { endpoints.len() - 1 } else { p % NODES + endpoints.len() - NODES - 1 };
@@ -461,7 +473,8 @@ impl Load {
 #[ignore = "needs Cassandra and Redis: run by scripts/test"]
 async fn cluster_chaos_sigkill_and_paused_owner_lose_nothing() {
     let Some(mut cluster) = Cluster::start("chaos").await else { return };
-    let load = Load::start(&cluster, 24).await;
+    // 240 clients: 120 senders (a message every 600 ms each), 120 idle readers.
+    let load = Load::start(&cluster, 120, Duration::from_millis(600)).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     load.note("SIGKILL node3");
     cluster.nodes[2].as_mut().unwrap().kill9().await;
@@ -544,7 +557,7 @@ async fn cluster_chaos_redis_failover_and_outage_lose_nothing() {
     }
     let redis = RedisSet::start();
     let Some(cluster) = Cluster::start_on("redischaos", &redis.url()).await else { return };
-    let load = Load::start(&cluster, 16).await;
+    let load = Load::start(&cluster, 16, Duration::from_millis(150)).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     load.note("SIGKILL the Redis primary (Sentinel fails over to the replica)");
     redis.redis(&["kill", "primary"]);
