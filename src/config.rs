@@ -74,6 +74,7 @@ pub struct ServerConfig {
     pub http_addr: String,
     pub workers: u32,
     pub shutdown_timeout_ms: u64,
+    pub trusted_proxies: String,
 }
 
 impl Default for ServerConfig {
@@ -83,6 +84,7 @@ impl Default for ServerConfig {
             http_addr: "127.0.0.1:8080".into(),
             workers: 0,
             shutdown_timeout_ms: 10_000,
+            trusted_proxies: String::new(),
         }
     }
 }
@@ -269,6 +271,8 @@ impl Config {
             ConfigError::Invalid { key, message: message.into() }
         }
         self.http_addr().map_err(|e| invalid("server.http_addr", format!("not a socket address: {e}")))?;
+        self.trusted_proxies()
+            .map_err(|e| invalid("server.trusted_proxies", format!("comma-separated IP addresses: {e}")))?;
         let node = &self.server.node_id;
         if node.is_empty()
             || node.len() > 64
@@ -433,6 +437,17 @@ impl Config {
 
     pub fn http_addr(&self) -> Result<SocketAddr, std::net::AddrParseError> {
         self.server.http_addr.parse()
+    }
+
+    /// The proxies whose `X-Forwarded-For` is believed (e.g. the load balancer).
+    pub fn trusted_proxies(&self) -> Result<Vec<std::net::IpAddr>, std::net::AddrParseError> {
+        self.server
+            .trusted_proxies
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::parse)
+            .collect()
     }
 
     /// Owner shards: the configured count, or one per core.

@@ -38,12 +38,38 @@ struct UserReply {
     username: String,
 }
 
-/// The address a request is counted under for login and registration limits: the TCP peer.
-/// Forwarding headers (`X-Forwarded-For`, `Forwarded`) are not honoured: behind a proxy every
-/// client shares the proxy's limits. Without a peer address (not over TCP), all such requests
-/// share one key.
-fn client_addr(req: &HttpRequest) -> IpAddr {
-    req.peer_addr().map(|a| a.ip()).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+/// The address a request is counted under for login and registration limits: the TCP peer,
+/// or, when the peer is a trusted proxy (`server.trusted_proxies`), the client its
+/// `X-Forwarded-For` names. Without a peer address (not over TCP), all such requests share one
+/// key.
+fn client_addr(node: &NodeData, req: &HttpRequest) -> IpAddr {
+    let peer = req.peer_addr().map(|a| a.ip()).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let trusted = node.config.trusted_proxies().unwrap_or_default();
+    let forwarded = req.headers().get_all("x-forwarded-for").filter_map(|v| v.to_str().ok());
+    forwarded_client(peer, forwarded, &trusted)
+}
+
+/// The client behind a chain of proxies: walking `X-Forwarded-For` from the right (the entry
+/// the nearest proxy appended), the first address that is not a trusted proxy. A peer that is
+/// not trusted is the client itself, whatever it claims; an unreadable entry stops the walk.
+fn forwarded_client<'a>(peer: IpAddr, headers: impl Iterator<Item = &'a str>, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let entries: Vec<&str> = headers.flat_map(|h| h.split(',')).collect();
+    let mut client = peer;
+    for entry in entries.iter().rev() {
+        match entry.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !trusted.contains(&ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
 }
 
 pub async fn register(
@@ -52,7 +78,7 @@ pub async fn register(
     body: web::Json<Credentials>,
 ) -> ApiResult<HttpResponse> {
     let c = body.into_inner();
-    let client = client_addr(&req);
+    let client = client_addr(&node, &req);
     let session = node.accounts.register(client, &c.username, &c.password, c.device_name.as_deref()).await?;
     Ok(HttpResponse::Created().json(SessionReply::from(session)))
 }
@@ -63,7 +89,7 @@ pub async fn login(
     body: web::Json<Credentials>,
 ) -> ApiResult<HttpResponse> {
     let c = body.into_inner();
-    let client = client_addr(&req);
+    let client = client_addr(&node, &req);
     let session = node.accounts.login(client, &c.username, &c.password, c.device_name.as_deref()).await?;
     Ok(HttpResponse::Ok().json(SessionReply::from(session)))
 }
@@ -86,4 +112,28 @@ pub async fn user_by_name(
 ) -> ApiResult<HttpResponse> {
     let user = node.accounts.user_by_name(&name).await?.ok_or_else(|| Error::not_found("no such user"))?;
     Ok(HttpResponse::Ok().json(UserReply { user_id: user.id, username: user.username }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_trusted_proxy_names_the_client() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let lb = [ip("127.0.0.1")];
+        let f = |peer: &str, headers: &[&str], trusted: &[IpAddr]| {
+            forwarded_client(ip(peer), headers.iter().copied(), trusted)
+        };
+        assert_eq!(f("10.0.0.9", &["1.2.3.4"], &lb), ip("10.0.0.9"), "an untrusted peer is the client");
+        assert_eq!(f("127.0.0.1", &[], &lb), ip("127.0.0.1"), "no header: the proxy itself");
+        assert_eq!(f("127.0.0.1", &["1.2.3.4"], &lb), ip("1.2.3.4"));
+        // A client's own (spoofed) entries sit left of what the proxy appended.
+        assert_eq!(f("127.0.0.1", &["6.6.6.6, 1.2.3.4"], &lb), ip("1.2.3.4"));
+        assert_eq!(f("127.0.0.1", &["6.6.6.6", "1.2.3.4"], &lb), ip("1.2.3.4"));
+        // Through two trusted proxies.
+        assert_eq!(f("127.0.0.1", &["1.2.3.4, 127.0.0.1"], &lb), ip("1.2.3.4"));
+        assert_eq!(f("127.0.0.1", &["garbage"], &lb), ip("127.0.0.1"));
+        assert_eq!(f("127.0.0.1", &["::1"], &lb), ip("::1"));
+    }
 }

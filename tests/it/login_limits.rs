@@ -99,6 +99,38 @@ async fn account_creation_is_limited_per_address() {
 }
 
 #[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_limit() {
+    let register_via = |server: &Server, forwarded: &'static str, username: String| {
+        let url = format!("http://{}/v1/register", server.addr);
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .header("x-forwarded-for", forwarded)
+                .json(&json!({"username": username, "password": PASSWORD}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let trusting = Server::start_env(&[
+        ("SWITCHBOARD_REGISTER_IP_PER_HOUR", "1"),
+        ("SWITCHBOARD_TRUSTED_PROXIES", "127.0.0.1"),
+    ])
+    .await;
+    assert_eq!(register_via(&trusting, "10.0.0.1", "from1a".into()).await, 201);
+    assert_eq!(register_via(&trusting, "10.0.0.1", "from1b".into()).await, 429);
+    assert_eq!(register_via(&trusting, "10.0.0.2", "from2a".into()).await, 201);
+    // A client cannot escape its limit by prepending addresses: the proxy appends the real one.
+    assert_eq!(register_via(&trusting, "9.9.9.9, 10.0.0.2", "from2b".into()).await, 429);
+    // Without trust the header is ignored: everyone here is 127.0.0.1.
+    let plain = Server::start_env(&[("SWITCHBOARD_REGISTER_IP_PER_HOUR", "1")]).await;
+    assert_eq!(register_via(&plain, "10.0.0.1", "plain1".into()).await, 201);
+    assert_eq!(register_via(&plain, "10.0.0.2", "plain2".into()).await, 429);
+}
+
+#[tokio::test]
 async fn a_full_hash_queue_answers_503_at_once_and_nothing_hangs() {
     let _heavy = crate::harness::HEAVY.lock().await;
     let server = Server::start_env(&[
