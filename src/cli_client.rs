@@ -1,18 +1,30 @@
 //! The terminal chat client behind `switchboard chat`: logs in (or registers), opens the
 //! direct conversation with another user, prints recent history and incoming frames, and
 //! sends each line typed on stdin (with a fresh client_msg_id, marking what it shows as read).
+//!
+//! It survives a lost connection: it reconnects with backoff (the state goes to stderr),
+//! rotating through the `--server` URLs it was given, syncs again from the cursors it holds
+//! (so nothing is shown twice and nothing is missed), and sends every message not yet
+//! acknowledged again with the same client_msg_id (the server stores it once). A send answered
+//! `unavailable`, `store_unavailable` or `rate_limited`, or not answered in time, is retried the
+//! same way. The bookkeeping ([`Cursors`], [`Outbox`], [`Servers`], [`Backoff`]) is pure and
+//! unit-tested; `chat` only wires it to the sockets.
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::process::ExitCode;
+use std::time::Duration;
 use tokio::io::AsyncBufReadExt;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 
 #[derive(clap::Args, Debug)]
 pub struct ChatArgs {
-    /// Base URL of a node.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    server: String,
+    /// Base URL of a node or load balancer. Repeat the flag or separate URLs with commas to
+    /// give several: after a failure the client moves on to the next one.
+    #[arg(long = "server", value_delimiter = ',', default_value = "http://127.0.0.1:8080")]
+    servers: Vec<String>,
     /// Your username.
     #[arg(long)]
     user: String,
@@ -46,12 +58,325 @@ pub fn run(args: ChatArgs) -> ExitCode {
     }
 }
 
+// ------------------------------------------------------------------ pure bookkeeping
+
+/// What the client holds of one conversation: every seq up to `held()`, and some beyond a gap
+/// (its own messages, acknowledged before the messages before them arrived).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    contiguous: u64,
+    ahead: BTreeSet<u64>,
+}
+
+impl Cursor {
+    /// The sync cursor: everything up to here is held.
+    pub fn held(&self) -> u64 {
+        self.contiguous
+    }
+
+    /// Records `seq` as held; `false` when it already was (a duplicate: show it no more).
+    pub fn record(&mut self, seq: u64) -> bool {
+        if seq <= self.contiguous || !self.ahead.insert(seq) {
+            return false;
+        }
+        while self.ahead.remove(&(self.contiguous + 1)) {
+            self.contiguous += 1;
+        }
+        true
+    }
+
+    /// Everything up to `seq` counts as held (what history showed, and all before it).
+    pub fn hold_up_to(&mut self, seq: u64) {
+        if seq > self.contiguous {
+            self.contiguous = seq;
+            self.ahead = self.ahead.split_off(&(seq + 1));
+            while self.ahead.remove(&(self.contiguous + 1)) {
+                self.contiguous += 1;
+            }
+        }
+    }
+}
+
+/// The cursors of every conversation the client has seen messages of.
+#[derive(Debug, Default)]
+pub struct Cursors {
+    by_conversation: HashMap<String, Cursor>,
+}
+
+impl Cursors {
+    pub fn record(&mut self, conversation: &str, seq: u64) -> bool {
+        self.by_conversation.entry(conversation.to_owned()).or_default().record(seq)
+    }
+
+    pub fn hold_up_to(&mut self, conversation: &str, seq: u64) {
+        self.by_conversation.entry(conversation.to_owned()).or_default().hold_up_to(seq);
+    }
+
+    pub fn held(&self, conversation: &str) -> u64 {
+        self.by_conversation.get(conversation).map_or(0, Cursor::held)
+    }
+
+    /// The `cursors` object of a `sync` frame.
+    pub fn sync_cursors(&self) -> Value {
+        Value::Object(self.by_conversation.iter().map(|(c, cur)| (c.clone(), json!(cur.held()))).collect())
+    }
+}
+
+/// How long a send may go unanswered before it is sent again (same client_msg_id).
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Error codes after which a send is retried with the same client_msg_id: nothing was stored
+/// (`store_unavailable`, `unavailable`) or the frame was not processed (`rate_limited`).
+pub fn retryable(code: &str) -> bool {
+    matches!(code, "unavailable" | "store_unavailable" | "rate_limited")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SendState {
+    /// To be sent (again) at this time, once connected.
+    Due(Instant),
+    /// Written to a connection at this time; no answer yet.
+    InFlight(Instant),
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    client_msg_id: String,
+    body: String,
+    state: SendState,
+    attempts: u32,
+}
+
+/// What an error reply does to a pending send.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Failed {
+    /// Sent again after this delay, with the same client_msg_id.
+    Retry(Duration),
+    /// Not retryable: the message is dropped (its body returned, to tell the user).
+    GaveUp(String),
+    /// Not one of ours (already acknowledged, or never sent).
+    Unknown,
+}
+
+/// Messages typed but not yet acknowledged (`sent`), in the order they were typed. Each keeps
+/// its client_msg_id for good, so however often it is sent, the server stores it once.
+#[derive(Debug)]
+pub struct Outbox {
+    prefix: String,
+    counter: u64,
+    entries: BTreeMap<u64, Pending>,
+    by_id: HashMap<String, u64>,
+}
+
+impl Outbox {
+    /// `prefix` makes client_msg_ids unique across runs (e.g. a UUIDv7).
+    pub fn new(prefix: impl Into<String>) -> Outbox {
+        Outbox { prefix: prefix.into(), counter: 0, entries: BTreeMap::new(), by_id: HashMap::new() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// A new message, due at once; returns its client_msg_id.
+    pub fn push(&mut self, body: String, now: Instant) -> String {
+        self.counter += 1;
+        let client_msg_id = format!("{}-{}", self.prefix, self.counter);
+        self.by_id.insert(client_msg_id.clone(), self.counter);
+        self.entries.insert(
+            self.counter,
+            Pending { client_msg_id: client_msg_id.clone(), body, state: SendState::Due(now), attempts: 0 },
+        );
+        client_msg_id
+    }
+
+    /// The sends to write now, in typing order — those due, and those in flight without an
+    /// answer for `ANSWER_TIMEOUT` — as (client_msg_id, body); they are marked in flight.
+    pub fn take_due(&mut self, now: Instant) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for p in self.entries.values_mut() {
+            let due = match p.state {
+                SendState::Due(at) => at <= now,
+                SendState::InFlight(since) => now.duration_since(since) >= ANSWER_TIMEOUT,
+            };
+            if due {
+                p.state = SendState::InFlight(now);
+                p.attempts += 1;
+                out.push((p.client_msg_id.clone(), p.body.clone()));
+            }
+        }
+        out
+    }
+
+    /// When `take_due` will next have something (None: nothing pending).
+    pub fn next_due(&self) -> Option<Instant> {
+        self.entries
+            .values()
+            .map(|p| match p.state {
+                SendState::Due(at) => at,
+                SendState::InFlight(since) => since + ANSWER_TIMEOUT,
+            })
+            .min()
+    }
+
+    /// The server stored it: (body, attempts) the first time, None for a repeated answer.
+    pub fn acked(&mut self, client_msg_id: &str) -> Option<(String, u32)> {
+        let key = self.by_id.remove(client_msg_id)?;
+        self.entries.remove(&key).map(|p| (p.body, p.attempts))
+    }
+
+    /// An error reply to a send.
+    pub fn failed(&mut self, client_msg_id: &str, code: &str, now: Instant) -> Failed {
+        let Some(&key) = self.by_id.get(client_msg_id) else { return Failed::Unknown };
+        if !retryable(code) {
+            self.by_id.remove(client_msg_id);
+            return self.entries.remove(&key).map_or(Failed::Unknown, |p| Failed::GaveUp(p.body));
+        }
+        let Some(p) = self.entries.get_mut(&key) else { return Failed::Unknown };
+        let delay = Backoff::delay(p.attempts.saturating_sub(1));
+        p.state = SendState::Due(now + delay);
+        Failed::Retry(delay)
+    }
+
+    /// The connection broke: whatever was in flight will be sent again on the next one (at
+    /// once); the number of messages waiting.
+    pub fn connection_lost(&mut self, now: Instant) -> usize {
+        for p in self.entries.values_mut() {
+            if let SendState::InFlight(_) = p.state {
+                p.state = SendState::Due(now);
+            }
+        }
+        self.entries.len()
+    }
+}
+
+/// The servers given with `--server`, in order, and the one in use; a failure moves on.
+#[derive(Debug, Clone)]
+pub struct Servers {
+    urls: Vec<String>,
+    current: usize,
+}
+
+impl Servers {
+    /// Trims and deduplicates the URLs (a trailing `/` is dropped); at least one is needed.
+    pub fn new<S: AsRef<str>>(given: &[S]) -> Result<Servers, String> {
+        let mut urls: Vec<String> = Vec::new();
+        for url in given {
+            let url = url.as_ref().trim().trim_end_matches('/');
+            if url.is_empty() || urls.iter().any(|u| u == url) {
+                continue;
+            }
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!("--server {url}: expected an http:// or https:// URL"));
+            }
+            urls.push(url.to_owned());
+        }
+        if urls.is_empty() {
+            return Err("no --server given".into());
+        }
+        Ok(Servers { urls, current: 0 })
+    }
+
+    pub fn current(&self) -> &str {
+        &self.urls[self.current]
+    }
+
+    /// The WebSocket URL of the current server.
+    pub fn ws_url(&self) -> String {
+        format!("{}/v1/ws", self.current().replacen("http", "ws", 1))
+    }
+
+    /// Moves on to the next server (wrapping around); returns it.
+    pub fn rotate(&mut self) -> &str {
+        self.current = (self.current + 1) % self.urls.len();
+        self.current()
+    }
+
+    pub fn len(&self) -> usize {
+        self.urls.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.urls.is_empty()
+    }
+}
+
+/// Exponential backoff between reconnection attempts: 250 ms doubling up to 8 s.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    pub const FIRST: Duration = Duration::from_millis(250);
+    pub const MAX: Duration = Duration::from_secs(8);
+
+    /// The delay after `failures` consecutive failures before this one (no jitter).
+    pub fn delay(failures: u32) -> Duration {
+        Self::FIRST.saturating_mul(1u32 << failures.min(6)).min(Self::MAX)
+    }
+
+    /// The next delay, with `jitter` in [0, 1) taking off up to a quarter (so many clients
+    /// cut off at once do not come back in lockstep).
+    pub fn next(&mut self, jitter: f64) -> Duration {
+        let d = Self::delay(self.failures);
+        self.failures = self.failures.saturating_add(1);
+        d.mul_f64(1.0 - 0.25 * jitter.clamp(0.0, 1.0))
+    }
+
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+/// A number in [0, 1) that differs between calls and processes (backoff jitter).
+fn jitter() -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mut x = u64::from(nanos) ^ (u64::from(std::process::id()) << 32) ^ 0x9e37_79b9_7f4a_7c15;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+// ------------------------------------------------------------------ REST setup
+
+/// Why a REST step failed: worth another server / a later try, or not.
+enum StepError {
+    Retry(String),
+    Fatal(String),
+}
+
+impl From<reqwest::Error> for StepError {
+    fn from(e: reqwest::Error) -> StepError {
+        StepError::Retry(e.to_string())
+    }
+}
+
+/// 5xx and 429 are worth another try (a node down behind a balancer, overload); other
+/// statuses are final.
+fn status_error(what: &str, status: u16, body: &Value) -> StepError {
+    let msg = format!("{what} failed ({status}): {body}");
+    if status >= 500 || status == 429 { StepError::Retry(msg) } else { StepError::Fatal(msg) }
+}
+
 async fn post(
     http: &reqwest::Client,
     url: String,
     token: Option<&str>,
     body: Value,
-) -> Result<(u16, Value), Failure> {
+) -> Result<(u16, Value), StepError> {
     let mut req = http.post(url).json(&body);
     if let Some(t) = token {
         req = req.bearer_auth(t);
@@ -61,103 +386,599 @@ async fn post(
     Ok((status, resp.json().await.unwrap_or(Value::Null)))
 }
 
-async fn chat(args: ChatArgs) -> Result<(), Failure> {
-    let http = reqwest::Client::new();
-    let base = args.server.trim_end_matches('/').to_owned();
+struct Login {
+    token: String,
+    me: String,
+}
+
+async fn login(http: &reqwest::Client, base: &str, args: &ChatArgs) -> Result<Login, StepError> {
     let creds =
         json!({ "username": args.user, "password": args.password, "device_name": "switchboard chat" });
-    let (mut status, mut session) = post(&http, format!("{base}/v1/login"), None, creds.clone()).await?;
+    let (mut status, mut session) = post(http, format!("{base}/v1/login"), None, creds.clone()).await?;
     if status == 401 && args.register {
-        (status, session) = post(&http, format!("{base}/v1/register"), None, creds).await?;
+        (status, session) = post(http, format!("{base}/v1/register"), None, creds).await?;
     }
     if !(200..300).contains(&status) {
-        return Err(format!("login failed ({status}): {session}").into());
+        return Err(status_error("login", status, &session));
     }
-    let token = session["token"].as_str().ok_or("no token in reply")?.to_owned();
-    let me = session["user_id"].as_str().unwrap_or_default().to_owned();
+    let token = session["token"].as_str().ok_or(StepError::Fatal("no token in reply".into()))?.to_owned();
+    Ok(Login { token, me: session["user_id"].as_str().unwrap_or_default().to_owned() })
+}
+
+/// The peer's user id (waiting for them to register) and the direct conversation's id.
+async fn open_conversation(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    to: &str,
+) -> Result<(String, String), StepError> {
     let peer_id = loop {
-        let resp = http.get(format!("{base}/v1/users/{}", args.to)).bearer_auth(&token).send().await?;
+        let resp = http.get(format!("{base}/v1/users/{to}")).bearer_auth(token).send().await?;
         let status = resp.status().as_u16();
         let peer: Value = resp.json().await.unwrap_or(Value::Null);
         match (status, peer["user_id"].as_str()) {
             (200, Some(id)) => break id.to_owned(),
             (404, _) => {
-                eprintln!("waiting for {} to register…", args.to);
-                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                eprintln!("waiting for {to} to register…");
+                tokio::time::sleep(Duration::from_secs(2)).await;
             }
-            _ => return Err(format!("looking up {} failed ({status}): {peer}", args.to).into()),
+            _ => return Err(status_error(&format!("looking up {to}"), status, &peer)),
         }
     };
-    let (_, conv) =
-        post(&http, format!("{base}/v1/conversations/direct"), Some(&token), json!({ "user_id": peer_id }))
+    let (status, conv) =
+        post(http, format!("{base}/v1/conversations/direct"), Some(token), json!({ "user_id": peer_id }))
             .await?;
-    let conversation = conv["conversation_id"].as_str().ok_or("could not open the conversation")?.to_owned();
+    match conv["conversation_id"].as_str() {
+        Some(c) => Ok((peer_id, c.to_owned())),
+        None => Err(status_error("opening the conversation", status, &conv)),
+    }
+}
 
-    let ws_url = format!("{}/v1/ws", base.replacen("http", "ws", 1));
-    let mut request = ws_url.into_client_request()?;
-    request.headers_mut().insert("Authorization", format!("Bearer {token}").parse()?);
-    let (socket, _) = tokio_tungstenite::connect_async(request).await?;
-    let (mut tx, mut rx) = socket.split();
-    tx.send(Message::text(json!({"type":"history","conversation_id":conversation,"limit":20}).to_string()))
-        .await?;
-    tx.send(Message::text(json!({"type":"presence_subscribe","user_ids":[peer_id]}).to_string())).await?;
+/// Runs a REST step against the current server; a retryable failure moves on to the next
+/// server after a backoff (said on stderr).
+async fn with_servers<T, F, Fut>(servers: &mut Servers, what: &str, mut step: F) -> Result<T, Failure>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<T, StepError>>,
+{
+    let mut backoff = Backoff::default();
+    loop {
+        match step(servers.current().to_owned()).await {
+            Ok(v) => return Ok(v),
+            Err(StepError::Fatal(e)) => return Err(e.into()),
+            Err(StepError::Retry(e)) => {
+                let failed = servers.current().to_owned();
+                let delay = backoff.next(jitter());
+                let next = servers.rotate().to_owned();
+                eprintln!("[{what} at {failed} failed: {e}; trying {next} in {:.1} s]", delay.as_secs_f64());
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------ the chat loop
+
+type Tx = futures_util::stream::SplitSink<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    Message,
+>;
+type Rx = futures_util::stream::SplitStream<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+>;
+
+/// An open connection and when it last showed life.
+struct Conn {
+    tx: Tx,
+    rx: Rx,
+    last_heard: Instant,
+    /// Three of the server's heartbeat intervals (from `welcome`): silent that long, the
+    /// connection is taken for dead.
+    silence_limit: Duration,
+}
+
+enum ConnectError {
+    /// The token was refused (401): log in again.
+    Unauthorized,
+    Other(String),
+}
+
+async fn connect(servers: &Servers, token: &str) -> Result<Conn, ConnectError> {
+    let other = |e: &dyn std::fmt::Display| ConnectError::Other(e.to_string());
+    let mut request = servers.ws_url().into_client_request().map_err(|e| other(&e))?;
+    request.headers_mut().insert("Authorization", format!("Bearer {token}").parse().map_err(|e| other(&e))?);
+    let (socket, _) = match tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(request),
+    )
+    .await
+    {
+        Err(_) => return Err(ConnectError::Other("no answer within 10 s".into())),
+        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) if resp.status().as_u16() == 401 => {
+            return Err(ConnectError::Unauthorized);
+        }
+        Ok(Err(e)) => return Err(other(&e)),
+        Ok(Ok(s)) => s,
+    };
+    let (tx, mut rx) = socket.split();
+    // The first frame is `welcome`; it says the heartbeat interval.
+    let welcome = loop {
+        match tokio::time::timeout(Duration::from_secs(10), rx.next()).await {
+            Err(_) => return Err(ConnectError::Other("no welcome within 10 s".into())),
+            Ok(None) => return Err(ConnectError::Other("closed before welcome".into())),
+            Ok(Some(Err(e))) => return Err(other(&e)),
+            Ok(Some(Ok(Message::Text(t)))) => break serde_json::from_str::<Value>(&t).unwrap_or(Value::Null),
+            Ok(Some(Ok(Message::Close(f)))) => {
+                return Err(match f {
+                    Some(f) if u16::from(f.code) == 4001 => ConnectError::Unauthorized,
+                    f => ConnectError::Other(format!("closed before welcome: {f:?}")),
+                });
+            }
+            Ok(Some(Ok(_))) => {}
+        }
+    };
+    if welcome["type"] != "welcome" {
+        return Err(ConnectError::Other(format!("expected welcome, got {welcome}")));
+    }
+    let heartbeat = Duration::from_millis(welcome["heartbeat_ms"].as_u64().unwrap_or(15_000).max(1_000));
+    eprintln!("[connected to {} (node {})]", servers.current(), welcome["node"].as_str().unwrap_or("?"));
+    Ok(Conn { tx, rx, last_heard: Instant::now(), silence_limit: heartbeat * 3 })
+}
+
+async fn send_json(tx: &mut Tx, v: Value) -> Result<(), String> {
+    tx.send(Message::text(v.to_string())).await.map_err(|e| e.to_string())
+}
+
+/// How long to wait for unacknowledged messages after stdin closed.
+const DRAIN_ON_EXIT: Duration = Duration::from_secs(30);
+
+async fn chat(args: ChatArgs) -> Result<(), Failure> {
+    let mut servers = Servers::new(&args.servers)?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(5))
+        .build()?;
+    let mut session = with_servers(&mut servers, "login", |base| {
+        let (http, args) = (&http, &args);
+        async move { login(http, &base, args).await }
+    })
+    .await?;
+    let token = session.token.clone();
+    let (peer_id, conversation) = with_servers(&mut servers, "opening the conversation", |base| {
+        let (http, token, to) = (&http, token.clone(), args.to.clone());
+        async move { open_conversation(http, &base, &token, &to).await }
+    })
+    .await?;
     eprintln!("chatting with {} — type a line and press enter; ctrl-d quits", args.to);
 
+    let me = session.me.clone();
     let name = |id: &str| if id == me { "you".to_owned() } else { args.to.clone() };
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    let mut counter = 0u64;
-    // The highest seq shown, in order: the sync cursor of this conversation.
-    let mut cursor = 0u64;
+    let mut stdin_open = true;
+    let mut exit_deadline: Option<Instant> = None;
+    let mut cursors = Cursors::default();
+    let mut outbox = Outbox::new(uuid::Uuid::now_v7().to_string());
+    let mut backoff = Backoff::default();
+    let mut conn: Option<Conn> = None;
+    let mut reconnect_at = Instant::now();
+    // History is shown once, on the first connection that gets it.
+    let mut history_shown = false;
+
     loop {
-        tokio::select! {
-            line = lines.next_line() => {
-                let Some(line) = line? else { break };
-                if line.trim().is_empty() { continue; }
-                counter += 1;
-                let frame = json!({
-                    "type": "send", "conversation_id": conversation,
-                    "client_msg_id": format!("{}-{counter}", uuid::Uuid::now_v7()), "body": line,
-                });
-                tx.send(Message::text(frame.to_string())).await?;
+        if !stdin_open && outbox.is_empty() {
+            break;
+        }
+        if let Some(deadline) = exit_deadline
+            && Instant::now() >= deadline
+        {
+            eprintln!("[giving up: {} message(s) not acknowledged by the server]", outbox.len());
+            break;
+        }
+        // (Re)connect when due.
+        if conn.is_none() && Instant::now() >= reconnect_at {
+            match connect(&servers, &session.token).await {
+                Ok(mut c) => {
+                    backoff.reset();
+                    let mut opening = vec![json!({"type":"presence_subscribe","user_ids":[peer_id]})];
+                    if history_shown {
+                        // Strict live rule: sync after connecting, from what is held.
+                        opening.push(json!({"type":"sync","cursors":cursors.sync_cursors()}));
+                    } else {
+                        opening.push(json!({"type":"history","conversation_id":conversation,"limit":20}));
+                    }
+                    let mut ok = true;
+                    for frame in opening {
+                        ok = ok && send_json(&mut c.tx, frame).await.is_ok();
+                    }
+                    if ok {
+                        if history_shown && !outbox.is_empty() {
+                            eprintln!(
+                                "[syncing from #{}; sending {} unacknowledged message(s) again]",
+                                cursors.held(&conversation),
+                                outbox.len()
+                            );
+                        }
+                        conn = Some(c);
+                    } else {
+                        reconnect_at = Instant::now();
+                    }
+                }
+                Err(ConnectError::Unauthorized) => {
+                    eprintln!("[token refused by {}: logging in again]", servers.current());
+                    match login(&http, servers.current(), &args).await {
+                        Ok(s) => session = s,
+                        Err(StepError::Fatal(e)) => return Err(e.into()),
+                        Err(StepError::Retry(e)) => {
+                            let delay = backoff.next(jitter());
+                            let failed = servers.current().to_owned();
+                            let next = servers.rotate().to_owned();
+                            eprintln!(
+                                "[login at {failed} failed: {e}; trying {next} in {:.1} s]",
+                                delay.as_secs_f64()
+                            );
+                            reconnect_at = Instant::now() + delay;
+                        }
+                    }
+                }
+                Err(ConnectError::Other(e)) => {
+                    let delay = backoff.next(jitter());
+                    let failed = servers.current().to_owned();
+                    let next = servers.rotate().to_owned();
+                    eprintln!(
+                        "[cannot connect to {failed}: {e}; reconnecting to {next} in {:.1} s (attempt {})]",
+                        delay.as_secs_f64(),
+                        backoff.failures()
+                    );
+                    reconnect_at = Instant::now() + delay;
+                }
             }
-            frame = rx.next() => {
-                let Some(frame) = frame else { break };
-                let Message::Text(text) = frame? else { continue };
+        }
+        // Write what is due.
+        if let Some(c) = conn.as_mut() {
+            let mut broke = None;
+            for (id, body) in outbox.take_due(Instant::now()) {
+                let frame = json!({"type":"send","id":id,"conversation_id":conversation,"client_msg_id":id,"body":body});
+                if let Err(e) = send_json(&mut c.tx, frame).await {
+                    broke = Some(e);
+                    break;
+                }
+            }
+            if let Some(e) = broke {
+                conn = lost(conn, &mut outbox, &mut servers, &mut backoff, &mut reconnect_at, &e);
+            }
+        }
+        // Sleep until something happens.
+        let mut wake = Instant::now() + Duration::from_secs(3600);
+        match &conn {
+            None => wake = wake.min(reconnect_at),
+            Some(c) => {
+                wake = wake.min(c.last_heard + c.silence_limit);
+                if let Some(at) = outbox.next_due() {
+                    wake = wake.min(at);
+                }
+            }
+        }
+        if let Some(at) = exit_deadline {
+            wake = wake.min(at);
+        }
+        let event = tokio::select! {
+            line = lines.next_line(), if stdin_open => Event::Line(line),
+            frame = next_frame(&mut conn) => Event::Frame(frame),
+            _ = tokio::time::sleep_until(wake) => Event::Tick,
+        };
+        match event {
+            Event::Line(Ok(Some(line))) => {
+                if !line.trim().is_empty() {
+                    outbox.push(line, Instant::now());
+                    if conn.is_none() {
+                        eprintln!("[offline: the message is kept and sent once connected]");
+                    }
+                }
+            }
+            Event::Line(_) => {
+                stdin_open = false;
+                if !outbox.is_empty() {
+                    eprintln!(
+                        "[waiting up to {} s for {} unacknowledged message(s)]",
+                        DRAIN_ON_EXIT.as_secs(),
+                        outbox.len()
+                    );
+                    exit_deadline = Some(Instant::now() + DRAIN_ON_EXIT);
+                }
+            }
+            Event::Tick => {
+                if let Some(c) = &conn
+                    && c.last_heard.elapsed() >= c.silence_limit
+                {
+                    let why = format!("nothing heard for {} s", c.silence_limit.as_secs());
+                    conn = lost(conn, &mut outbox, &mut servers, &mut backoff, &mut reconnect_at, &why);
+                }
+            }
+            Event::Frame(frame) => {
+                let text = match frame {
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Close(f))) => {
+                        let code = f.as_ref().map(|f| u16::from(f.code));
+                        let why = format!(
+                            "closed by the server ({})",
+                            code.map_or("no code".into(), |c| c.to_string())
+                        );
+                        conn = lost(conn, &mut outbox, &mut servers, &mut backoff, &mut reconnect_at, &why);
+                        continue;
+                    }
+                    Some(Ok(_)) => {
+                        if let Some(c) = conn.as_mut() {
+                            c.last_heard = Instant::now();
+                        }
+                        continue;
+                    }
+                    Some(Err(e)) => {
+                        conn = lost(
+                            conn,
+                            &mut outbox,
+                            &mut servers,
+                            &mut backoff,
+                            &mut reconnect_at,
+                            &e.to_string(),
+                        );
+                        continue;
+                    }
+                    None => {
+                        conn = lost(
+                            conn,
+                            &mut outbox,
+                            &mut servers,
+                            &mut backoff,
+                            &mut reconnect_at,
+                            "connection ended",
+                        );
+                        continue;
+                    }
+                };
+                let Some(c) = conn.as_mut() else { continue };
+                c.last_heard = Instant::now();
                 let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                let mut reply: Vec<Value> = Vec::new();
                 match v["type"].as_str().unwrap_or("") {
-                    "message" if v["conversation_id"].as_str() == Some(conversation.as_str()) => {
-                        println!("[{}] {}: {}", v["seq"], name(v["author_id"].as_str().unwrap_or("")), v["body"].as_str().unwrap_or(""));
-                        cursor = cursor.max(v["seq"].as_u64().unwrap_or(0));
-                        let read = json!({"type":"read","conversation_id":v["conversation_id"],"seq":v["seq"]});
-                        tx.send(Message::text(read.to_string())).await?;
+                    "message" => {
+                        let conv = v["conversation_id"].as_str().unwrap_or("");
+                        let seq = v["seq"].as_u64().unwrap_or(0);
+                        // Every conversation's cursor is kept (a re-sync starts from it); only
+                        // this chat's messages are shown, each once.
+                        if cursors.record(conv, seq) && conv == conversation {
+                            println!(
+                                "[{seq}] {}: {}",
+                                name(v["author_id"].as_str().unwrap_or("")),
+                                v["body"].as_str().unwrap_or("")
+                            );
+                            reply.push(json!({"type":"read","conversation_id":conv,"seq":seq}));
+                        }
                     }
                     "sync_done" => {
-                        let mine = &v["conversations"][conversation.as_str()];
-                        if v["has_more"].as_bool() == Some(true) || mine["has_more"].as_bool() == Some(true) {
-                            let sync = json!({"type":"sync","cursors":{conversation.as_str(): cursor}});
-                            tx.send(Message::text(sync.to_string())).await?;
+                        let more = v["has_more"].as_bool() == Some(true)
+                            || v["conversations"]
+                                .as_object()
+                                .is_some_and(|m| m.values().any(|c| c["has_more"].as_bool() == Some(true)));
+                        if more {
+                            reply.push(json!({"type":"sync","cursors":cursors.sync_cursors()}));
                         }
                     }
-                    "history" => {
+                    "history" if !history_shown => {
+                        let mut last = 0;
                         for m in v["messages"].as_array().into_iter().flatten() {
-                            println!("[{}] {}: {}", m["seq"], name(m["author_id"].as_str().unwrap_or("")), m["body"].as_str().unwrap_or(""));
-                            cursor = m["seq"].as_u64().unwrap_or(cursor);
+                            println!(
+                                "[{}] {}: {}",
+                                m["seq"],
+                                name(m["author_id"].as_str().unwrap_or("")),
+                                m["body"].as_str().unwrap_or("")
+                            );
+                            last = m["seq"].as_u64().unwrap_or(last);
                         }
-                        // From here on: what arrived meanwhile, then live messages (other
-                        // conversations' messages that the sync brings are not shown).
-                        let sync = json!({"type":"sync","cursors":{conversation.as_str(): cursor}});
-                        tx.send(Message::text(sync.to_string())).await?;
+                        cursors.hold_up_to(&conversation, last);
+                        history_shown = true;
+                        // From here on: what arrived meanwhile, then live messages.
+                        reply.push(json!({"type":"sync","cursors":cursors.sync_cursors()}));
                     }
-                    "sent" => println!("  ✓ stored as #{}", v["seq"]),
-                    "receipt" if v["user_id"].as_str() != Some(&me) => println!("  ✓✓ {} read up to #{}", args.to, v["read_seq"]),
-                    "presence" => println!("  ({} is {})", args.to, if v["online"].as_bool() == Some(true) { "online" } else { "offline" }),
-                    "typing" => {}
-                    "error" => println!("  ! {}: {}", v["code"].as_str().unwrap_or(""), v["message"].as_str().unwrap_or("")),
+                    "sent" => {
+                        let id = v["client_msg_id"].as_str().unwrap_or("");
+                        let seq = v["seq"].as_u64().unwrap_or(0);
+                        if outbox.acked(id).is_some() {
+                            cursors.record(v["conversation_id"].as_str().unwrap_or(&conversation), seq);
+                            println!("  ✓ stored as #{seq}");
+                        }
+                    }
+                    "receipt" if v["user_id"].as_str() != Some(&session.me) => {
+                        println!("  ✓✓ {} read up to #{}", args.to, v["read_seq"])
+                    }
+                    "presence" => println!(
+                        "  ({} is {})",
+                        args.to,
+                        if v["online"].as_bool() == Some(true) { "online" } else { "offline" }
+                    ),
+                    "error" => {
+                        let code = v["code"].as_str().unwrap_or("");
+                        let message = v["message"].as_str().unwrap_or("");
+                        match v["id"].as_str().map(|id| outbox.failed(id, code, Instant::now())) {
+                            Some(Failed::Retry(d)) => {
+                                eprintln!("  [{code}: sending again in {:.1} s]", d.as_secs_f64())
+                            }
+                            Some(Failed::GaveUp(body)) => {
+                                println!("  ! {code}: {message} (not sent: {body})")
+                            }
+                            _ => println!("  ! {code}: {message}"),
+                        }
+                    }
                     _ => {}
+                }
+                let mut broke = None;
+                for frame in reply {
+                    if let Err(e) = send_json(&mut c.tx, frame).await {
+                        broke = Some(e);
+                        break;
+                    }
+                }
+                if let Some(e) = broke {
+                    conn = lost(conn, &mut outbox, &mut servers, &mut backoff, &mut reconnect_at, &e);
                 }
             }
         }
     }
-    let _ = tx.send(Message::Close(None)).await;
+    if let Some(mut c) = conn {
+        let _ = c.tx.send(Message::Close(None)).await;
+    }
     Ok(())
+}
+
+enum Event {
+    Line(std::io::Result<Option<String>>),
+    Frame(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
+    Tick,
+}
+
+/// The next frame of the open connection; pending forever while there is none.
+async fn next_frame(
+    conn: &mut Option<Conn>,
+) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
+    match conn {
+        Some(c) => c.rx.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A connection was lost: says so on stderr, puts what was in flight back in the queue, and
+/// schedules the reconnection to the next server (the same one when only one was given) after
+/// a backoff (250 ms after a connection that worked, growing while attempts fail). Returns
+/// the new (absent) connection.
+fn lost(
+    _conn: Option<Conn>,
+    outbox: &mut Outbox,
+    servers: &mut Servers,
+    backoff: &mut Backoff,
+    reconnect_at: &mut Instant,
+    why: &str,
+) -> Option<Conn> {
+    let waiting = outbox.connection_lost(Instant::now());
+    servers.rotate();
+    let delay = backoff.next(jitter());
+    *reconnect_at = Instant::now() + delay;
+    eprintln!(
+        "[disconnected: {why}; reconnecting to {} in {:.1} s{}]",
+        servers.current(),
+        delay.as_secs_f64(),
+        if waiting > 0 { format!(", {waiting} message(s) waiting") } else { String::new() }
+    );
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_counts_each_seq_once_and_skips_gaps_only_when_filled() {
+        let mut c = Cursor::default();
+        assert!(c.record(1));
+        assert!(c.record(2));
+        assert!(!c.record(2), "a repeat is a duplicate");
+        assert!(!c.record(1));
+        // Own message 4 acknowledged before 3 arrived: the cursor stays at 2 until 3 is held.
+        assert!(c.record(4));
+        assert_eq!(c.held(), 2);
+        assert!(c.record(3));
+        assert_eq!(c.held(), 4);
+        assert!(!c.record(4), "4 was held already (own message): not shown again by a re-sync");
+        c.hold_up_to(10);
+        assert_eq!(c.held(), 10);
+        assert!(!c.record(7));
+        assert!(c.record(12));
+        c.hold_up_to(11);
+        assert_eq!(c.held(), 12, "what was held beyond the gap joins the cursor");
+        c.hold_up_to(5);
+        assert_eq!(c.held(), 12, "never goes back");
+    }
+
+    #[test]
+    fn cursors_make_the_sync_frame() {
+        let mut cs = Cursors::default();
+        cs.record("a", 1);
+        cs.record("a", 2);
+        cs.record("b", 3);
+        cs.hold_up_to("c", 7);
+        assert_eq!(cs.sync_cursors(), json!({"a": 2, "b": 0, "c": 7}));
+        assert_eq!(cs.held("a"), 2);
+        assert_eq!(cs.held("unknown"), 0);
+    }
+
+    #[test]
+    fn outbox_resends_with_the_same_id_until_acked() {
+        let t0 = Instant::now();
+        let mut o = Outbox::new("run");
+        let a = o.push("hello".into(), t0);
+        let b = o.push("world".into(), t0);
+        assert_eq!(o.take_due(t0), vec![(a.clone(), "hello".into()), (b.clone(), "world".into())]);
+        assert!(o.take_due(t0).is_empty(), "in flight: not sent twice at once");
+        assert_eq!(o.next_due(), Some(t0 + ANSWER_TIMEOUT));
+        // The connection breaks: both go again, same ids, same order.
+        assert_eq!(o.connection_lost(t0), 2);
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(o.take_due(t1), vec![(a.clone(), "hello".into()), (b.clone(), "world".into())]);
+        // a is stored; a second `sent` for it (from the first attempt) is not news.
+        assert_eq!(o.acked(&a), Some(("hello".into(), 2)));
+        assert_eq!(o.acked(&a), None);
+        // b gets `unavailable`: retried after a backoff, with the same id.
+        match o.failed(&b, "unavailable", t1) {
+            Failed::Retry(d) => {
+                assert!(o.take_due(t1).is_empty());
+                assert_eq!(o.take_due(t1 + d), vec![(b.clone(), "world".into())]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Unanswered for ANSWER_TIMEOUT: sent again.
+        let t2 = t1 + Duration::from_secs(60);
+        assert_eq!(o.take_due(t2), vec![(b.clone(), "world".into())]);
+        assert_eq!(o.failed(&a, "unavailable", t2), Failed::Unknown, "a is done");
+        assert_eq!(o.acked(&b), Some(("world".into(), 4)));
+        assert!(o.is_empty());
+        assert_eq!(o.next_due(), None);
+    }
+
+    #[test]
+    fn outbox_gives_up_on_final_errors_and_ids_are_unique() {
+        let t0 = Instant::now();
+        let mut o = Outbox::new("p");
+        let a = o.push("x".repeat(10), t0);
+        let b = o.push("y".into(), t0);
+        assert_ne!(a, b);
+        o.take_due(t0);
+        assert_eq!(o.failed(&a, "too_large", t0), Failed::GaveUp("x".repeat(10)));
+        assert!(matches!(o.failed(&b, "store_unavailable", t0), Failed::Retry(_)));
+        assert!(matches!(o.failed(&b, "rate_limited", t0), Failed::Retry(_)));
+        assert_eq!(o.len(), 1);
+        assert!(retryable("unavailable") && !retryable("forbidden") && !retryable("internal"));
+    }
+
+    #[test]
+    fn servers_rotate_and_backoff_grows_to_a_cap() {
+        let s = Servers::new(&["http://a:1/", " http://b:2", "http://a:1", ""]).unwrap();
+        assert_eq!(s.len(), 2);
+        let mut s = s;
+        assert_eq!(s.current(), "http://a:1");
+        assert_eq!(s.ws_url(), "ws://a:1/v1/ws");
+        assert_eq!(s.rotate(), "http://b:2");
+        assert_eq!(s.rotate(), "http://a:1");
+        assert!(Servers::new::<&str>(&[]).is_err());
+        assert!(Servers::new(&["a:1"]).is_err());
+        assert_eq!(Servers::new(&["https://x"]).unwrap().ws_url(), "wss://x/v1/ws");
+
+        let mut b = Backoff::default();
+        let delays: Vec<Duration> = (0..8).map(|_| b.next(0.0)).collect();
+        assert_eq!(delays[0], Duration::from_millis(250));
+        assert_eq!(delays[1], Duration::from_millis(500));
+        assert_eq!(delays[5], Duration::from_secs(8));
+        assert_eq!(delays[7], Duration::from_secs(8));
+        assert!(b.next(0.99) >= Duration::from_secs(6));
+        b.reset();
+        assert_eq!(b.next(0.0), Duration::from_millis(250));
+        assert!((0..100).map(|_| jitter()).all(|j| (0.0..1.0).contains(&j)));
+    }
 }

@@ -4,13 +4,16 @@
 //! and reordered messages. It starts the system under test itself (switchboard, or Centrifugo
 //! for the side-by-side runs) pinned to its own core, and writes JSON and Markdown results.
 //!
-//! `run` runs named scenarios; `idle-worker` is the child process that holds a share of the
-//! idle connections of S1 and S7 (several processes and source addresses pass the per-process
+//! `run` runs named scenarios — against a server it starts, or (`--urls`) an already running
+//! switchboard such as a cluster (S9); `idle-worker` is the child process that holds a share
+//! of the idle connections of S1, S7 and S9 (several processes and source addresses pass the per-process
 //! file limit and the per-address port range).
 //!
 //! Exit status of `run`: 0 when every step that must be valid was (verdict PASS), 2 when the
 //! run completed but the verdict is FAIL (results are still written), 1 when it could not run.
 
+mod cluster;
+mod pairs;
 mod report;
 mod scenarios;
 mod slow;
@@ -46,6 +49,9 @@ enum Command {
         source_ip: String,
         #[arg(long)]
         hold_secs: u64,
+        /// Sync after connecting; reconnect, sync again and report after a drop (S9).
+        #[arg(long)]
+        resync: bool,
     },
 }
 
@@ -58,10 +64,10 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     let result = match cli.command {
         Command::Run(args) => runtime.block_on(scenarios::run(*args)),
-        Command::IdleWorker { url, target, tokens, count, source_ip, hold_secs } => {
+        Command::IdleWorker { url, target, tokens, count, source_ip, hold_secs, resync } => {
             let tokens: Vec<String> = tokens.split(',').map(str::to_owned).collect();
             runtime
-                .block_on(scenarios::idle_worker(url, target, tokens, count, source_ip, hold_secs))
+                .block_on(scenarios::idle_worker(url, target, tokens, count, source_ip, hold_secs, resync))
                 .map(|()| true)
         }
     };

@@ -3,6 +3,7 @@
 //! Markdown `summary.md` (with switchboard/Centrifugo ratios when both ran) in the run folder.
 
 use crate::Failure;
+use crate::cluster::FailoverResult;
 use crate::target::{Kind, Sut};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -82,6 +83,8 @@ impl IdleResult {
 pub struct LatencyResult {
     pub target: Kind,
     pub scenario: String,
+    /// S9: which pairs (`same node`, `different nodes`); null for all pairs of the step.
+    pub class: Option<String>,
     pub pairs: usize,
     pub payload_bytes: usize,
     pub target_rate: u64,
@@ -91,6 +94,9 @@ pub struct LatencyResult {
     pub sent: u64,
     pub acked: u64,
     pub delivered: u64,
+    /// Against a cluster: of `delivered`, those that came only with the catch-up sync the
+    /// receivers make when the drain ends unsettled (acked, but not pushed live).
+    pub delivered_by_catch_up_sync: u64,
     pub lost: u64,
     pub duplicated: u64,
     pub reordered: u64,
@@ -103,6 +109,12 @@ pub struct LatencyResult {
     pub server_rss_kib: u64,
     /// Error and close frames (and broken connections) seen during this step, by kind/code.
     pub errors: Counts,
+    /// Against a cluster: sends made again with the same client_msg_id, by cause (an error
+    /// code, `resent` after no answer, `resent_after_reconnect`) and `repeated_ack` (a send
+    /// made twice answered twice). Not errors: exactly-once is checked by the counts.
+    pub retries: Counts,
+    /// Against a cluster: connections of these pairs made again after they broke.
+    pub reconnects: u64,
     /// Events of an earlier step that arrived during this one (late acks or deliveries); they
     /// are not counted above.
     pub stale_events: u64,
@@ -397,6 +409,8 @@ pub struct Results {
     pub latency: Vec<LatencyResult>,
     pub history: Vec<HistoryResult>,
     pub slow_consumer: Vec<SlowConsumerResult>,
+    /// S9 b/c: idle clients through the load balancer, a node killed, Redis commands.
+    pub cluster: Vec<FailoverResult>,
     pub skipped: Vec<Skipped>,
     pub verdict: Verdict,
 }
@@ -419,6 +433,7 @@ impl Results {
             latency: Vec::new(),
             history: Vec::new(),
             slow_consumer: Vec::new(),
+            cluster: Vec::new(),
             skipped: Vec::new(),
             verdict: Verdict { pass: true, ..Verdict::default() },
         }
@@ -579,6 +594,7 @@ pub fn markdown(r: &Results) -> String {
     for s in &r.slow_consumer {
         slow_consumer_md(&mut md, s);
     }
+    s9_md(&mut md, r);
     ratios(&mut md, r);
     for s in &r.skipped {
         let _ = writeln!(md, "\n- {} {} skipped: {}", name(s.target), s.scenario, s.reason);
@@ -793,6 +809,142 @@ fn ratios(md: &mut String, r: &Results) {
         let _ = writeln!(md, "|---|---|---|---|");
         for l in lines {
             let _ = writeln!(md, "{l}");
+        }
+    }
+}
+
+fn s9_md(md: &mut String, r: &Results) {
+    let rows: Vec<&LatencyResult> = r.latency.iter().filter(|l| l.scenario == "s9").collect();
+    if !rows.is_empty() {
+        let _ = writeln!(md, "\n## S9 cluster: send→deliver latency by placement\n");
+        let _ = writeln!(
+            md,
+            "| rate (target → achieved /s, all pairs) | pairs | scheduled / sent / acked / delivered (of which by catch-up sync) | lost | dup | reord | p50 µs | p90 µs | p99 µs | max µs | ack p99 µs | reconnects | retries | errors | valid |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for l in rows {
+            let _ = writeln!(
+                md,
+                "| {} → {:.0} | {} {} | {} / {} / {} / {} ({}) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                l.target_rate,
+                l.achieved_rate,
+                l.pairs,
+                l.class.as_deref().unwrap_or("all"),
+                l.scheduled,
+                l.sent,
+                l.acked,
+                l.delivered,
+                l.delivered_by_catch_up_sync,
+                l.lost,
+                l.duplicated,
+                l.reordered,
+                l.latency_us.p50,
+                l.latency_us.p90,
+                l.latency_us.p99,
+                l.latency_us.max,
+                l.ack_latency_us.p99,
+                l.reconnects,
+                counts_line(&l.retries),
+                counts_line(&l.errors),
+                valid_cell(l.valid, &l.invalid_reasons)
+            );
+        }
+    }
+    for c in &r.cluster {
+        let _ = writeln!(md, "\n## S9 cluster: idle clients through the load balancer, one node killed\n");
+        let nodes = |m: &BTreeMap<String, usize>| {
+            m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+        };
+        let p = |x: &Percentiles| format!("{} / {} / {} / {} ms", x.p50, x.p90, x.p99, x.max);
+        let rows = [
+            ("load balancer", c.lb.clone()),
+            ("users (a direct conversation per two, one message each)", c.users.to_string()),
+            (
+                "idle clients connected and synced",
+                format!(
+                    "{} of {} in {:.1} s ({})",
+                    c.idle_connected,
+                    c.idle_requested,
+                    c.connect_secs,
+                    nodes(&c.nodes_before_kill)
+                ),
+            ),
+            (
+                "node killed (SIGKILL)",
+                format!(
+                    "{} (pid {}), holding {} clients",
+                    c.killed_node.as_deref().unwrap_or("none"),
+                    c.killed_pid.map_or("—".into(), |p| p.to_string()),
+                    c.on_killed_node
+                ),
+            ),
+            (
+                "clients dropped / back and synced",
+                format!("{} / {} (limit {} s)", c.dropped, c.back, c.recover_limit_secs),
+            ),
+            (
+                "**all back and synced, after the kill**",
+                c.all_back_after_kill_ms.map_or("**not all**".into(), |v| format!("**{v} ms**")),
+            ),
+            ("back and synced after the kill, p50 / p90 / p99 / max", p(&c.back_after_kill_ms)),
+            ("drop → synced again, per client, p50 / p90 / p99 / max", p(&c.down_to_back_ms)),
+            (
+                "connection attempts per client, mean / max",
+                format!("{:.2} / {}", c.attempts_mean, c.attempts_max),
+            ),
+            ("where they came back", nodes(&c.nodes_after)),
+            ("valid", valid_cell(c.valid, &c.invalid_reasons)),
+        ];
+        let _ = writeln!(md, "| measure | value |");
+        let _ = writeln!(md, "|---|---|");
+        for (k, v) in rows {
+            let _ = writeln!(md, "| {k} | {v} |");
+        }
+        if let Some(x) = &c.redis {
+            let _ = writeln!(
+                md,
+                "\n### S9 Redis commands (`redis-cli -p {} INFO commandstats`; round trips = commands a node sends, i.e. all but those the Lua scripts run; heartbeat {} ms)\n",
+                x.port, c.heartbeat_ms
+            );
+            let _ = writeln!(
+                md,
+                "| phase | seconds | round trips | per event (idle rate subtracted) | commands |"
+            );
+            let _ = writeln!(md, "|---|---|---|---|---|");
+            let calls = |d: &crate::cluster::RedisDelta| {
+                d.calls.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+            };
+            let phases = [
+                (
+                    "idle, no clients".to_owned(),
+                    Some(&x.idle_no_clients),
+                    format!("{:.1} per heartbeat interval", x.per_heartbeat_no_clients),
+                ),
+                (
+                    format!("{} connects, one per user", x.connects_first),
+                    Some(&x.connect_first),
+                    format!("{:.3} per connect", x.per_connect_first),
+                ),
+                (
+                    format!("{} more connects (same users)", x.connects_rest),
+                    Some(&x.connect_rest),
+                    format!("{:.3} per connect", x.per_connect_rest),
+                ),
+                (
+                    format!("idle, {} clients", c.idle_connected),
+                    Some(&x.idle_with_clients),
+                    format!("{:.1} per heartbeat interval", x.per_heartbeat_with_clients),
+                ),
+                (
+                    format!("kill → {} reconnected and synced", c.back),
+                    x.failover.as_ref(),
+                    x.per_reconnect.map_or("—".into(), |v| format!("{v:.3} per reconnect")),
+                ),
+            ];
+            for (name, d, per) in phases {
+                let Some(d) = d else { continue };
+                let _ = writeln!(md, "| {name} | {:.1} | {} | {per} | {} |", d.secs, d.round_trips, calls(d));
+            }
         }
     }
 }

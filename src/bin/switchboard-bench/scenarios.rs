@@ -4,8 +4,10 @@
 //! (skipped until groups exist), S6 history page latency. S7 (slow consumer) lives in
 //! `slow.rs`. Every run is bounded in time and count; every step's counters start at zero.
 
+pub use crate::pairs::new_histogram;
+use crate::pairs::{PairOptions, Pairs, Placement, body};
 use crate::report::{
-    self, Counts, HistoryResult, IdleResult, LatencyResult, Percentiles, Results, Skipped, bump, counts_line,
+    self, Counts, HistoryResult, IdleResult, Percentiles, Results, Skipped, bump, counts_line,
 };
 use crate::slow::{self, SlowConsumer};
 use crate::target::{self, Incoming, Kind, Sut, http_client};
@@ -13,7 +15,7 @@ use crate::{Failure, ws};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -24,9 +26,51 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Scenarios to run: s1, s2, s3, s4, s6, s7.
+    /// Scenarios to run: s1, s2, s3, s4, s6, s7, and s9 (a cluster: needs --urls).
     #[arg(long, value_delimiter = ',', default_value = "s1,s2,s3,s4,s6,s7")]
     scenarios: Vec<String>,
+    /// Measure an already running switchboard instead of starting one: the base URLs of its
+    /// nodes (comma-separated, e.g. a cluster's nodes). S2/S3/S6 spread their connections over
+    /// them, reconnecting and retrying (same client_msg_id) when a node goes away; S1 and S7,
+    /// which need a server of their own, are skipped; S9 needs it.
+    #[arg(long, value_delimiter = ',')]
+    urls: Vec<String>,
+    /// The state dir of `scripts/cluster` (default ~/.cache/switchboard/cluster when it
+    /// exists): which node is which process, for CPU and RSS and for S9's kill.
+    #[arg(long)]
+    cluster_home: Option<PathBuf>,
+    /// S9: the load balancer in front of the nodes (its idle clients connect through it).
+    #[arg(long)]
+    lb_url: Option<String>,
+    /// S9: the cluster's Redis, for `redis-cli -p PORT INFO commandstats`.
+    #[arg(long, default_value_t = 6379)]
+    redis_port: u16,
+    /// S9: pairs; even ones have sender and receiver on the same node, odd ones on two
+    /// different nodes (default 300; quick 12).
+    #[arg(long)]
+    s9_pairs: Option<usize>,
+    /// S9: total send rates, one step each (default 1000,5000; quick 100).
+    #[arg(long, value_delimiter = ',')]
+    s9_rates: Option<Vec<u64>>,
+    /// S9: seconds per rate step (default 20; quick 2).
+    #[arg(long)]
+    s9_step_secs: Option<u64>,
+    /// S9: idle clients connected through the load balancer (default 10,000; quick 60).
+    #[arg(long)]
+    s9_idle: Option<usize>,
+    /// S9: users the idle clients log in as, one direct conversation per two (default 200;
+    /// quick 10).
+    #[arg(long)]
+    s9_users: Option<usize>,
+    /// S9: the node to SIGKILL, 1-based in --urls (default the last one); 0 = kill none.
+    #[arg(long)]
+    s9_kill_node: Option<usize>,
+    /// S9: seconds the dropped idle clients have to come back and sync.
+    #[arg(long, default_value_t = 120)]
+    s9_recover_secs: u64,
+    /// S9: seconds of each idle Redis measurement.
+    #[arg(long, default_value_t = 10)]
+    s9_idle_secs: u64,
     /// Systems to measure; centrifugo runs S1 and S2 (needs --centrifugo-bin).
     #[arg(long, value_delimiter = ',', default_value = "switchboard")]
     targets: Vec<Kind>,
@@ -124,6 +168,11 @@ struct Sizes {
     s7_messages: u64,
     s7_page: u32,
     s7_hostile_rate: u64,
+    s9_pairs: usize,
+    s9_rates: Vec<u64>,
+    s9_step: Duration,
+    s9_idle: usize,
+    s9_users: usize,
 }
 
 impl RunArgs {
@@ -147,6 +196,11 @@ impl RunArgs {
             s7_messages: self.s7_messages.unwrap_or(if quick { 60 } else { 200 }),
             s7_page: self.s7_page.unwrap_or(if quick { 20 } else { 50 }),
             s7_hostile_rate: self.s7_hostile_rate.unwrap_or(if quick { 5 } else { 20 }),
+            s9_pairs: self.s9_pairs.unwrap_or(if quick { 12 } else { 300 }),
+            s9_rates: self.s9_rates.clone().unwrap_or(if quick { vec![100] } else { vec![1_000, 5_000] }),
+            s9_step: Duration::from_secs(self.s9_step_secs.unwrap_or(if quick { 2 } else { 20 })),
+            s9_idle: self.s9_idle.unwrap_or(if quick { 60 } else { 10_000 }),
+            s9_users: self.s9_users.unwrap_or(if quick { 10 } else { 200 }).max(2),
         }
     }
 }
@@ -158,19 +212,63 @@ const S3_P99_BOUND_US: u64 = 50_000;
 /// scenario that cannot complete (its server does not start, seeding fails, …) fails the
 /// verdict and the run goes on with the next one.
 pub async fn run(args: RunArgs) -> Result<bool, Failure> {
-    pin_self(args.client_cpu);
+    // Against an external system (a cluster sharing this machine's cores) the generator is
+    // not pinned: nothing else is.
+    if args.urls.is_empty() {
+        pin_self(args.client_cpu);
+    }
     let out = args.out.clone().unwrap_or_else(crate::default_out_dir);
     std::fs::create_dir_all(&out)?;
     let switchboard_bin = match &args.switchboard_bin {
         Some(p) => p.clone(),
         None => std::env::current_exe()?.with_file_name("switchboard"),
     };
-    let runner =
-        Runner { sizes: args.sizes(), work: out.join("work"), out: out.clone(), switchboard_bin, args };
+    // Usernames of a run against an external (persistent) system are new every run.
+    let tag = if args.urls.is_empty() {
+        String::new()
+    } else {
+        format!("b{}_", crate::scenarios::unix_ms() / 1000 % 100_000_000)
+    };
+    let cluster_home = args.cluster_home.clone().or_else(|| {
+        let home = PathBuf::from(std::env::var_os("HOME")?).join(".cache/switchboard/cluster");
+        (home.is_dir() && !args.urls.is_empty()).then_some(home)
+    });
+    let runner = Runner {
+        sizes: args.sizes(),
+        work: out.join("work"),
+        out: out.clone(),
+        switchboard_bin,
+        tag,
+        cluster_home,
+        args,
+    };
     let mut results = Results::new(&runner.args.targets, runner.args.payload, runner.args.quick);
+    if !runner.args.urls.is_empty() {
+        results.method = "open loop against an already running switchboard (--urls): nothing pinned, the system and \
+                          the generator share the machine's cores; latency from the scheduled send time; sends made \
+                          again with the same client_msg_id after a reconnect, a retryable error or no answer in 10 s";
+    }
     for kind in runner.args.targets.clone() {
         let wanted = |s: &str| runner.args.scenarios.iter().any(|x| x.eq_ignore_ascii_case(s));
-        if wanted("s1") {
+        let external = !runner.args.urls.is_empty();
+        for own in ["s1", "s7"] {
+            if external && wanted(own) && kind == Kind::Switchboard {
+                results.skipped.push(Skipped {
+                    target: kind,
+                    scenario: own.into(),
+                    reason: "needs a server of its own (its memory is the measure); not run with --urls"
+                        .into(),
+                });
+            }
+        }
+        if wanted("s9") && !(external && kind == Kind::Switchboard) {
+            results.skipped.push(Skipped {
+                target: kind,
+                scenario: "s9".into(),
+                reason: "needs a running switchboard cluster (--urls, --lb-url)".into(),
+            });
+        }
+        if wanted("s1") && !(external && kind == Kind::Switchboard) {
             let outcome = runner.s1(kind, &mut results).await;
             completed(&mut results, kind, "S1", outcome);
         }
@@ -182,9 +280,13 @@ pub async fn run(args: RunArgs) -> Result<bool, Failure> {
             let outcome = runner.s6(kind, &mut results).await;
             completed(&mut results, kind, "S6", outcome);
         }
-        if wanted("s7") && kind == Kind::Switchboard {
+        if wanted("s7") && kind == Kind::Switchboard && !external {
             let outcome = runner.s7(kind, &mut results).await;
             completed(&mut results, kind, "S7", outcome);
+        }
+        if wanted("s9") && kind == Kind::Switchboard && external {
+            let outcome = runner.s9(&mut results).await;
+            completed(&mut results, kind, "S9", outcome);
         }
         if wanted("s4") {
             results.skipped.push(Skipped {
@@ -220,11 +322,40 @@ struct Runner {
     out: PathBuf,
     work: PathBuf,
     switchboard_bin: PathBuf,
+    /// Prefix of every username (empty unless against an external system).
+    tag: String,
+    cluster_home: Option<PathBuf>,
 }
 
 impl Runner {
+    /// A username of this run.
+    fn user(&self, name: &str) -> String {
+        format!("{}{name}", self.tag)
+    }
+
+    /// How S2/S3 set their pairs up: on one server strictly; against external nodes spread
+    /// over them (both ends of a pair on the same node), reconnecting and retrying.
+    fn pair_options(&self, sut: &Sut, n: usize) -> PairOptions {
+        if !sut.is_external() {
+            return PairOptions::single(n);
+        }
+        let nodes = sut.nodes.len();
+        PairOptions {
+            placement: (0..n)
+                .map(|i| Placement { sender: i % nodes, receiver: i % nodes, class: 0 })
+                .collect(),
+            classes: vec!["all".into()],
+            user_prefix: self.user("p_"),
+            resilient: true,
+            drain: Duration::from_secs(10),
+        }
+    }
+
     async fn start(&self, kind: Kind) -> Result<Sut, Failure> {
         match kind {
+            Kind::Switchboard if !self.args.urls.is_empty() => {
+                Sut::external(&self.switchboard_bin, &self.args.urls, self.cluster_home.as_deref()).await
+            }
             Kind::Switchboard => {
                 Sut::start_switchboard(
                     &self.switchboard_bin,
@@ -267,7 +398,7 @@ impl Runner {
         let sizes = &self.sizes;
         let sut = self.start(kind).await?;
         results.note_version(&sut);
-        let mut pairs = Pairs::setup(&sut, sizes.pairs, self.args.payload).await?;
+        let mut pairs = Pairs::setup(&sut, self.args.payload, self.pair_options(&sut, sizes.pairs)).await?;
         if wanted("s2") {
             for rate in &sizes.rates {
                 eprintln!("[{kind:?}] S2: {} pairs at {rate} msgs/s for {:?}", sizes.pairs, sizes.step);
@@ -316,8 +447,15 @@ impl Runner {
         let sut = self.start(kind).await?;
         results.note_version(&sut);
         eprintln!("[{kind:?}] S6: history pages of 50 at {} req/s", sizes.history_rate);
-        let r = s6_history(&sut, sizes.history_messages, sizes.history_rate, sizes.step, self.args.payload)
-            .await?;
+        let r = s6_history(
+            &sut,
+            &self.tag,
+            sizes.history_messages,
+            sizes.history_rate,
+            sizes.step,
+            self.args.payload,
+        )
+        .await?;
         eprintln!(
             "  {}: p50 {} µs, p99 {} µs, failures {} ({})",
             if r.valid { "valid" } else { "INVALID" },
@@ -385,9 +523,105 @@ impl Runner {
         sut.stop(&self.out, &format!("{kind:?}-s7").to_lowercase()).await;
         Ok(())
     }
+
+    /// S9, a cluster: (a) send→deliver latency of pairs whose two ends are on the same node
+    /// and on different nodes, at each `s9_rates` step; then, through the load balancer,
+    /// (c) Redis commands per connect and per heartbeat interval and (b) the time until the
+    /// idle clients of a SIGKILLed node are back and synced (`cluster.rs`).
+    async fn s9(&self, results: &mut Results) -> Result<(), Failure> {
+        let sizes = &self.sizes;
+        let sut = self.start(Kind::Switchboard).await?;
+        results.note_version(&sut);
+        let nodes = sut.nodes.len();
+        if nodes < 2 {
+            return Err("S9 needs --urls with at least two nodes".into());
+        }
+        let placement = (0..sizes.s9_pairs)
+            .map(|i| {
+                let sender = (i / 2) % nodes;
+                let class = i % 2;
+                Placement { sender, receiver: if class == 0 { sender } else { (sender + 1) % nodes }, class }
+            })
+            .collect();
+        let opts = PairOptions {
+            placement,
+            classes: vec!["same node".into(), "different nodes".into()],
+            user_prefix: self.user("l_"),
+            resilient: true,
+            drain: Duration::from_secs(if self.args.quick { 10 } else { 90 }),
+        };
+        eprintln!("[s9] a: setting up {} pairs over {nodes} nodes", sizes.s9_pairs);
+        let mut pairs = Pairs::setup(&sut, self.args.payload, opts).await?;
+        // Warm-up, not measured: three messages per pair, so every conversation's owner has
+        // claimed it (the first write raises the owner epoch with a few conditional writes).
+        {
+            let rate = sizes.s9_pairs as u64;
+            eprintln!("[s9] a: warm-up, {rate} msgs/s for 3 s");
+            let outcome = pairs.run_step(&sut, rate, Duration::from_secs(3)).await;
+            let r = pairs.result(&outcome, "s9-warmup", None);
+            eprintln!("  warm-up: {}", r.one_line());
+            results.latency.push(r);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        for rate in &sizes.s9_rates {
+            eprintln!("[s9] a: {rate} msgs/s for {:?}", sizes.s9_step);
+            let outcome = pairs.run_step(&sut, *rate, sizes.s9_step).await;
+            for class in 0..2 {
+                let r = pairs.result(&outcome, "s9", Some(class));
+                eprintln!("  {}: {}", r.class.as_deref().unwrap_or(""), r.one_line());
+                if !r.valid {
+                    let what = format!(
+                        "switchboard S9 at {rate}/s, {}: {}",
+                        r.class.as_deref().unwrap_or(""),
+                        r.invalid_reasons.join("; ")
+                    );
+                    // A shared 2-core box may not keep a cluster's schedule: a note; a
+                    // duplicate, a reorder or a lost acked message fails the run.
+                    if r.broke_order() || r.lost > 0 { results.fail(what) } else { results.note(what) }
+                }
+                results.latency.push(r);
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        pairs.close();
+        // What the steps left queued in the cluster settles before the next part.
+        tokio::time::sleep(Duration::from_secs(if self.args.quick { 1 } else { 30 })).await;
+        match &self.args.lb_url {
+            None => results.note("S9 b/c (failover, Redis) not run: no --lb-url".into()),
+            Some(lb) => {
+                let kill = match self.args.s9_kill_node.unwrap_or(nodes) {
+                    0 => None,
+                    k => Some(
+                        sut.nodes
+                            .get(k - 1)
+                            .ok_or(format!("--s9-kill-node {k}: only {nodes} nodes"))?
+                            .clone(),
+                    ),
+                };
+                let plan = crate::cluster::FailoverPlan {
+                    lb_http: lb.trim_end_matches('/').to_owned(),
+                    redis_port: self.args.redis_port,
+                    idle: sizes.s9_idle,
+                    users: sizes.s9_users,
+                    user_prefix: self.user("i_"),
+                    idle_secs: self.args.s9_idle_secs,
+                    recover: Duration::from_secs(self.args.s9_recover_secs),
+                    kill,
+                };
+                let r = crate::cluster::failover(&sut, &plan).await?;
+                eprintln!("  {}", crate::cluster::one_line(&r));
+                if !r.valid {
+                    results.fail(format!("switchboard S9 failover: {}", r.invalid_reasons.join("; ")));
+                }
+                results.cluster.push(r);
+            }
+        }
+        sut.stop(&self.out, "switchboard-s9").await;
+        Ok(())
+    }
 }
 
-fn report_name(kind: Kind) -> &'static str {
+pub fn report_name(kind: Kind) -> &'static str {
     match kind {
         Kind::Switchboard => "switchboard",
         Kind::Centrifugo => "centrifugo",
@@ -483,7 +717,7 @@ pub async fn seed_conversation(
             if let Message::Text(t) = msg {
                 for incoming in target::parse(Kind::Switchboard, &t) {
                     match incoming {
-                        Incoming::Ack(_) => acked += 1,
+                        Incoming::Ack { .. } => acked += 1,
                         Incoming::Error { code, .. } => return Err(format!("seeding: {code}").into()),
                         _ => {}
                     }
@@ -504,6 +738,25 @@ pub struct IdleFleet {
     workers: Vec<tokio::process::Child>,
     pub connected: usize,
     pub connect_secs: f64,
+    /// Connections per node (`welcome.node`), when the workers were asked to resync.
+    pub nodes: BTreeMap<String, usize>,
+    /// What the workers report after connecting (`down …`, `back …`: see `idle_worker`).
+    pub events: mpsc::UnboundedReceiver<String>,
+}
+
+/// How an idle fleet connects.
+pub struct FleetOptions<'a> {
+    pub url: &'a str,
+    pub kind: Kind,
+    /// Comma-separated, used round-robin.
+    pub tokens: &'a str,
+    pub count: usize,
+    pub hold_secs: u64,
+    /// Each connection syncs after connecting, and after a drop reconnects (backoff), syncs
+    /// again and reports it (switchboard; S9).
+    pub resync: bool,
+    /// First source address index (`source_ip`) of the workers.
+    pub first_source: usize,
 }
 
 impl IdleFleet {
@@ -512,39 +765,69 @@ impl IdleFleet {
     /// Starts workers holding `n` connections (with `tokens`, comma-separated, round-robin)
     /// for at most `hold_secs`, and waits until each reported how many it connected.
     pub async fn start(sut: &Sut, tokens: &str, n: usize, hold_secs: u64) -> Result<IdleFleet, Failure> {
+        IdleFleet::start_with(FleetOptions {
+            url: &sut.ws_url,
+            kind: sut.kind,
+            tokens,
+            count: n,
+            hold_secs,
+            resync: false,
+            first_source: 0,
+        })
+        .await
+    }
+
+    pub async fn start_with(o: FleetOptions<'_>) -> Result<IdleFleet, Failure> {
         let started = Instant::now();
         let mut workers = Vec::new();
         let mut lines_of = Vec::new();
-        let mut remaining = n;
+        let mut remaining = o.count;
         let mut w = 0;
         while remaining > 0 {
             let count = remaining.min(Self::PER_WORKER);
             remaining -= count;
-            let mut child = tokio::process::Command::new(std::env::current_exe()?)
+            let mut command = tokio::process::Command::new(std::env::current_exe()?);
+            command
                 .arg("idle-worker")
-                .args(["--url", &sut.ws_url, "--tokens", tokens, "--count", &count.to_string()])
-                .args(["--source-ip", &source_ip(w).to_string(), "--hold-secs", &hold_secs.to_string()])
-                .args(["--target", report_name(sut.kind)])
-                .stdout(std::process::Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()?;
+                .args(["--url", o.url, "--tokens", o.tokens, "--count", &count.to_string()])
+                .args(["--source-ip", &source_ip(o.first_source + w).to_string()])
+                .args(["--hold-secs", &o.hold_secs.to_string()])
+                .args(["--target", report_name(o.kind)]);
+            if o.resync {
+                command.arg("--resync");
+            }
+            let mut child = command.stdout(std::process::Stdio::piped()).kill_on_drop(true).spawn()?;
             lines_of.push(BufReader::new(child.stdout.take().ok_or("no stdout")?).lines());
             workers.push(child);
             w += 1;
         }
         let mut connected = 0usize;
+        let mut nodes: BTreeMap<String, usize> = BTreeMap::new();
         for lines in lines_of.iter_mut() {
             let line = tokio::time::timeout(Duration::from_secs(180), lines.next_line())
                 .await
                 .map_err(|_| "idle worker: no report within 180 s")??
                 .unwrap_or_default();
-            let count: usize = line
-                .strip_prefix("connected ")
-                .and_then(|v| v.parse().ok())
-                .ok_or(format!("idle worker: {line}"))?;
+            let mut words = line.strip_prefix("connected ").unwrap_or("").split_whitespace();
+            let count: usize =
+                words.next().and_then(|v| v.parse().ok()).ok_or(format!("idle worker: {line}"))?;
             connected += count;
+            for (node, n) in words.filter_map(|w| w.split_once('=')) {
+                *nodes.entry(node.to_owned()).or_default() += n.parse::<usize>().unwrap_or(0);
+            }
         }
-        Ok(IdleFleet { workers, connected, connect_secs: started.elapsed().as_secs_f64() })
+        let (tx, events) = mpsc::unbounded_channel();
+        for mut lines in lines_of {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Ok(IdleFleet { workers, connected, connect_secs: started.elapsed().as_secs_f64(), nodes, events })
     }
 
     pub async fn stop(self) {
@@ -592,8 +875,35 @@ async fn s1_idle(sut: &Sut, n: usize) -> Result<IdleResult, Failure> {
     Ok(r)
 }
 
-/// Child process of S1 and S7: connects `count` sockets, prints `connected N`, holds them
-/// (reading, so pings are answered) for `hold_secs`, then exits.
+/// Wall-clock milliseconds (comparable between the bench's processes).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// One idle connection: connected, authenticated (and with `resync`, synced); its node.
+async fn idle_connect(
+    url: &str,
+    kind: Kind,
+    source: IpAddr,
+    token: Option<&str>,
+    resync: bool,
+) -> Result<(ws::Socket, String), Failure> {
+    let mut socket = ws::connect(url, source, token).await?;
+    let welcome = target::handshake(kind, &mut socket).await?;
+    if resync {
+        target::sync_until_done(&mut socket, serde_json::Map::new(), Duration::from_secs(30)).await?;
+    }
+    Ok((socket, welcome["node"].as_str().unwrap_or("?").to_owned()))
+}
+
+/// Child process of S1, S7 and S9: connects `count` sockets, prints `connected N` (with
+/// `resync`: `connected N node=count …`), holds them (reading, so pings are answered) for
+/// `hold_secs`, then exits. With `resync` every connection syncs after connecting and, when
+/// it drops, prints `down <unix ms> <node>`, reconnects (full-jitter backoff from 100 ms up
+/// to 2 s), syncs again and prints `back <down unix ms> <synced unix ms> <attempts> <node>`.
 pub async fn idle_worker(
     url: String,
     kind: Kind,
@@ -601,399 +911,74 @@ pub async fn idle_worker(
     count: usize,
     source: String,
     hold_secs: u64,
+    resync: bool,
 ) -> Result<(), Failure> {
     let source: IpAddr = source.parse()?;
     let url = Arc::new(url);
     let tokens = Arc::new(tokens);
-    let connected: Vec<Option<ws::Socket>> = futures_util::stream::iter(0..count)
+    let connected: Vec<Option<(usize, ws::Socket, String)>> = futures_util::stream::iter(0..count)
         .map(|i| {
             let (url, tokens) = (url.clone(), tokens.clone());
             async move {
                 let token = (kind == Kind::Switchboard).then(|| tokens[i % tokens.len()].as_str());
-                let mut socket = ws::connect(&url, source, token).await.ok()?;
-                target::handshake(kind, &mut socket).await.ok()?;
-                Some(socket)
+                let (socket, node) = idle_connect(&url, kind, source, token, resync).await.ok()?;
+                Some((i, socket, node))
             }
         })
         .buffer_unordered(64)
         .collect()
         .await;
     let mut n = 0;
-    for socket in connected.into_iter().flatten() {
+    let mut nodes: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, socket, node) in connected.into_iter().flatten() {
         n += 1;
+        *nodes.entry(node.clone()).or_default() += 1;
+        let (url, tokens) = (url.clone(), tokens.clone());
         tokio::spawn(async move {
             let mut socket = socket;
-            while let Some(Ok(msg)) = socket.next().await {
-                if let Message::Text(t) = msg
-                    && target::parse(kind, &t).contains(&Incoming::Ping)
-                {
-                    let _ = socket.send(Message::text("{}")).await;
+            let mut node = node;
+            // A small per-connection generator for the backoff jitter.
+            let mut rng = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ unix_ms();
+            loop {
+                while let Some(Ok(msg)) = socket.next().await {
+                    if let Message::Text(t) = msg
+                        && target::parse(kind, &t).contains(&Incoming::Ping)
+                    {
+                        let _ = socket.send(Message::text("{}")).await;
+                    }
                 }
+                if !resync {
+                    return;
+                }
+                let down = unix_ms();
+                println!("down {down} {node}");
+                let mut attempts = 0u32;
+                loop {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let cap = 100u64 << attempts.min(5);
+                    tokio::time::sleep(Duration::from_millis(rng % cap.clamp(1, 2_000))).await;
+                    attempts += 1;
+                    let token = (kind == Kind::Switchboard).then(|| tokens[i % tokens.len()].as_str());
+                    if let Ok((fresh, at)) = idle_connect(&url, kind, source, token, true).await {
+                        socket = fresh;
+                        node = at;
+                        break;
+                    }
+                }
+                println!("back {down} {} {attempts} {node}", unix_ms());
             }
         });
     }
-    println!("connected {n}");
+    let per_node: Vec<String> = nodes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if resync {
+        println!("connected {n} {}", per_node.join(" "));
+    } else {
+        println!("connected {n}");
+    }
     tokio::time::sleep(Duration::from_secs(hold_secs)).await;
     Ok(())
-}
-
-// ---------------------------------------------------------------- S2 / S3
-
-fn now_ns(base: Instant) -> u64 {
-    base.elapsed().as_nanos() as u64
-}
-
-pub fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
-}
-
-/// One pair's counters in one step.
-#[derive(Clone, Default)]
-struct PairCounts {
-    scheduled: u64,
-    sent: u64,
-    acked: u64,
-    delivered: u64,
-    duplicated: u64,
-    reordered: u64,
-    /// What the receiver has seen this step, and the highest k.
-    seen: HashSet<u64>,
-    max_k: u64,
-}
-
-/// Counters of one rate step, shared by every connection task. Every event carries the step
-/// it belongs to (in the payload, or remembered per send), and only the current step's
-/// events count: nothing carries over from an earlier step.
-struct StepStats {
-    /// The current step; 0 between steps.
-    step: u64,
-    delivery_us: Histogram<u64>,
-    ack_us: Histogram<u64>,
-    pairs: Vec<PairCounts>,
-    errors: Counts,
-    stale: u64,
-}
-
-impl StepStats {
-    fn new(pairs: usize, step: u64) -> StepStats {
-        StepStats {
-            step,
-            delivery_us: new_histogram(),
-            ack_us: new_histogram(),
-            pairs: vec![PairCounts::default(); pairs],
-            errors: BTreeMap::new(),
-            stale: 0,
-        }
-    }
-
-    fn settled(&self) -> bool {
-        self.pairs
-            .iter()
-            .all(|p| p.sent == p.scheduled && p.acked == p.scheduled && p.delivered == p.scheduled)
-    }
-
-    fn sum(&self, f: impl Fn(&PairCounts) -> u64) -> u64 {
-        self.pairs.iter().map(f).sum()
-    }
-}
-
-type Shared = Arc<Mutex<StepStats>>;
-
-/// What a send task is told: (step, k, scheduled time in ns since `base`).
-type SendOrder = (u64, u64, u64);
-
-struct Pairs {
-    kind: Kind,
-    base: Instant,
-    payload: usize,
-    senders: Vec<mpsc::UnboundedSender<SendOrder>>,
-    next_k: Vec<u64>,
-    last_step: u64,
-    stats: Shared,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-/// `"<pair> <step> <k> <due_ns> "`, padded with `x` to `payload` bytes.
-fn body(pair: usize, step: u64, k: u64, due_ns: u64, payload: usize) -> String {
-    let mut b = format!("{pair} {step} {k} {due_ns} ");
-    while b.len() < payload {
-        b.push('x');
-    }
-    b
-}
-
-/// Counts how a connection ended (close frame or transport error) into the current step.
-fn note_end(stats: &Shared, msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) {
-    let what = match msg {
-        Some(Ok(Message::Close(Some(frame)))) => format!("close:{}", u16::from(frame.code)),
-        Some(Ok(Message::Close(None))) => "close:none".into(),
-        Some(Err(e)) => format!("ws_error:{e}"),
-        None => "eof".into(),
-        Some(Ok(_)) => return,
-    };
-    bump(&mut stats.lock().unwrap().errors, what);
-}
-
-impl Pairs {
-    /// Connects `n` sender/receiver pairs: for switchboard two users and their direct
-    /// conversation per pair; for Centrifugo a channel per pair the receiver subscribes to.
-    async fn setup(sut: &Sut, n: usize, payload: usize) -> Result<Pairs, Failure> {
-        let http = http_client()?;
-        let base = Instant::now();
-        let stats: Shared = Arc::new(Mutex::new(StepStats::new(n, 0)));
-        let mut senders = Vec::new();
-        let mut tasks = Vec::new();
-        for pair in 0..n {
-            let (channel, sender_token, receiver_token) = match sut.kind {
-                Kind::Switchboard => {
-                    let (a_token, b_token, c) =
-                        register_pair(&http, &sut.http, &format!("bench_s{pair}"), &format!("bench_r{pair}"))
-                            .await?;
-                    (c, Some(a_token), Some(b_token))
-                }
-                Kind::Centrifugo => (format!("p{pair}"), None, None),
-            };
-            let ip = source_ip(pair % 8);
-            let mut receiver = ws::connect(&sut.ws_url, ip, receiver_token.as_deref()).await?;
-            target::handshake(sut.kind, &mut receiver).await?;
-            target::subscribe(sut.kind, &mut receiver, &channel).await?;
-            let mut sender = ws::connect(&sut.ws_url, ip, sender_token.as_deref()).await?;
-            target::handshake(sut.kind, &mut sender).await?;
-            let (tx, rx) = mpsc::unbounded_channel();
-            senders.push(tx);
-            tasks.push(tokio::spawn(receive_loop(sut.kind, receiver, pair, base, stats.clone())));
-            tasks.push(tokio::spawn(send_loop(
-                sut.kind,
-                sender,
-                channel,
-                pair,
-                payload,
-                base,
-                rx,
-                stats.clone(),
-            )));
-        }
-        Ok(Pairs { kind: sut.kind, base, payload, senders, next_k: vec![0; n], last_step: 0, stats, tasks })
-    }
-
-    /// One open-loop step: `rate` msgs/s spread round-robin over the pairs for `duration`,
-    /// then up to 5 s for the last deliveries. Its counters start at zero.
-    async fn step(
-        &mut self,
-        sut: &Sut,
-        scenario: &str,
-        rate: u64,
-        duration: Duration,
-    ) -> Result<LatencyResult, Failure> {
-        let n = self.senders.len();
-        self.last_step += 1;
-        let step = self.last_step;
-        let total = rate * duration.as_secs().max(1);
-        {
-            let mut fresh = StepStats::new(n, step);
-            for (pair, p) in fresh.pairs.iter_mut().enumerate() {
-                p.scheduled = total / n as u64 + u64::from((pair as u64) < total % n as u64);
-            }
-            *self.stats.lock().unwrap() = fresh;
-        }
-        let cpu_before = sut.cpu_secs();
-        let interval_ns = 1_000_000_000 / rate.max(1);
-        let start_ns = now_ns(self.base) + 20_000_000;
-        for i in 0..total {
-            let due = start_ns + i * interval_ns;
-            let now = now_ns(self.base);
-            if due > now + 1_000_000 {
-                tokio::time::sleep(Duration::from_nanos(due - now)).await;
-            }
-            let pair = (i as usize) % n;
-            let k = self.next_k[pair];
-            self.next_k[pair] += 1;
-            // A send task that ended (its socket broke) leaves this pair short: sent < scheduled.
-            let _ = self.senders[pair].send((step, k, due));
-        }
-        // On schedule, the last send is due one interval before the step ends.
-        let send_secs = (now_ns(self.base).saturating_sub(start_ns) + interval_ns) as f64 / 1e9;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !self.stats.lock().unwrap().settled() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let cpu = sut.cpu_secs() - cpu_before;
-        // Step 0: whatever arrives from now on belongs to no step.
-        let s = std::mem::replace(&mut *self.stats.lock().unwrap(), StepStats::new(n, 0));
-        let mismatched: Vec<(usize, &PairCounts)> = s
-            .pairs
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| !(p.sent == p.scheduled && p.acked == p.scheduled && p.delivered == p.scheduled))
-            .collect();
-        let delivered = s.sum(|p| p.delivered);
-        let mut r = LatencyResult {
-            target: self.kind,
-            scenario: scenario.into(),
-            pairs: n,
-            payload_bytes: self.payload,
-            target_rate: rate,
-            achieved_rate: total as f64 / send_secs.max(duration.as_secs_f64()),
-            duration_secs: duration.as_secs_f64(),
-            scheduled: total,
-            sent: s.sum(|p| p.sent),
-            acked: s.sum(|p| p.acked),
-            delivered,
-            lost: s.sum(|p| p.acked.saturating_sub(p.delivered)),
-            duplicated: s.sum(|p| p.duplicated),
-            reordered: s.sum(|p| p.reordered),
-            latency_us: Percentiles::of(&s.delivery_us),
-            ack_latency_us: Percentiles::of(&s.ack_us),
-            server_cpu_secs: cpu,
-            server_cpu_us_per_delivery: if delivered > 0 { cpu * 1e6 / delivered as f64 } else { 0.0 },
-            server_rss_kib: sut.rss_kib(),
-            errors: s.errors.clone(),
-            stale_events: s.stale,
-            pairs_mismatched: mismatched.len(),
-            mismatch_examples: mismatched
-                .iter()
-                .take(3)
-                .map(|(i, p)| {
-                    format!(
-                        "pair {i}: scheduled {}, sent {}, acked {}, delivered {}",
-                        p.scheduled, p.sent, p.acked, p.delivered
-                    )
-                })
-                .collect(),
-            valid: false,
-            invalid_reasons: Vec::new(),
-        };
-        r.judge();
-        Ok(r)
-    }
-
-    fn close(self) {
-        for t in self.tasks {
-            t.abort();
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn send_loop(
-    kind: Kind,
-    mut socket: ws::Socket,
-    channel: String,
-    pair: usize,
-    payload: usize,
-    base: Instant,
-    mut rx: mpsc::UnboundedReceiver<SendOrder>,
-    stats: Shared,
-) {
-    // k → (step, due) of every send not yet answered.
-    let mut due_of: HashMap<u64, (u64, u64)> = HashMap::new();
-    loop {
-        tokio::select! {
-            next = rx.recv() => {
-                let Some((step, k, due)) = next else { return };
-                let frame = target::send_frame(kind, &channel, k, &body(pair, step, k, due, payload));
-                due_of.insert(k, (step, due));
-                if let Err(e) = socket.send(Message::text(frame)).await {
-                    bump(&mut stats.lock().unwrap().errors, format!("ws_send:{e}"));
-                    return;
-                }
-                let mut s = stats.lock().unwrap();
-                if s.step == step { s.pairs[pair].sent += 1 } else { s.stale += 1 }
-            }
-            msg = socket.next() => {
-                let text = match msg {
-                    Some(Ok(Message::Text(text))) => text,
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
-                        note_end(&stats, msg);
-                        return;
-                    }
-                    Some(Ok(_)) => continue,
-                };
-                for incoming in target::parse(kind, &text) {
-                    match incoming {
-                        Incoming::Ack(k) => {
-                            let mut s = stats.lock().unwrap();
-                            match due_of.remove(&k) {
-                                Some((step, due)) if step == s.step => {
-                                    s.pairs[pair].acked += 1;
-                                    let _ = s.ack_us.record((now_ns(base).saturating_sub(due) / 1_000).max(1));
-                                }
-                                Some(_) => s.stale += 1,
-                                None => bump(&mut s.errors, "ack_without_send"),
-                            }
-                        }
-                        Incoming::Error { k, code } => {
-                            let mut s = stats.lock().unwrap();
-                            let step = k.and_then(|k| due_of.remove(&k)).map(|(step, _)| step);
-                            if step.is_none_or(|step| step == s.step) {
-                                bump(&mut s.errors, code);
-                            } else {
-                                s.stale += 1;
-                            }
-                        }
-                        Incoming::Ping => { let _ = socket.send(Message::text("{}")).await; }
-                        _ => {}
-                    }
-                }
-            }
-        }
-    }
-}
-
-async fn receive_loop(kind: Kind, mut socket: ws::Socket, pair: usize, base: Instant, stats: Shared) {
-    loop {
-        let msg = socket.next().await;
-        let text = match msg {
-            Some(Ok(Message::Text(text))) => text,
-            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
-                note_end(&stats, msg);
-                return;
-            }
-            Some(Ok(_)) => continue,
-        };
-        for incoming in target::parse(kind, &text) {
-            match incoming {
-                Incoming::Delivery(body) => {
-                    let mut parts = body.split(' ').map(str::parse::<u64>);
-                    let (Some(Ok(p)), Some(Ok(step)), Some(Ok(k)), Some(Ok(due))) =
-                        (parts.next(), parts.next(), parts.next(), parts.next())
-                    else {
-                        bump(&mut stats.lock().unwrap().errors, "unparsable_delivery");
-                        continue;
-                    };
-                    let mut s = stats.lock().unwrap();
-                    if p != pair as u64 {
-                        bump(&mut s.errors, "delivery_to_wrong_pair");
-                        continue;
-                    }
-                    if step != s.step {
-                        s.stale += 1;
-                        continue;
-                    }
-                    let latency_us = (now_ns(base).saturating_sub(due) / 1_000).max(1);
-                    let counts = &mut s.pairs[pair];
-                    let fresh = counts.seen.insert(k);
-                    let behind = k < counts.max_k;
-                    counts.max_k = counts.max_k.max(k);
-                    if !fresh {
-                        counts.duplicated += 1;
-                    } else {
-                        if behind {
-                            counts.reordered += 1;
-                        }
-                        counts.delivered += 1;
-                        let _ = s.delivery_us.record(latency_us);
-                    }
-                }
-                Incoming::Error { code, .. } => bump(&mut stats.lock().unwrap().errors, code),
-                Incoming::Ping => {
-                    let _ = socket.send(Message::text("{}")).await;
-                }
-                _ => {}
-            }
-        }
-    }
 }
 
 // ---------------------------------------------------------------- S6
@@ -1025,13 +1010,15 @@ struct S6State {
 
 async fn s6_history(
     sut: &Sut,
+    tag: &str,
     messages: u64,
     rate: u64,
     duration: Duration,
     payload: usize,
 ) -> Result<HistoryResult, Failure> {
     let http = http_client()?;
-    let (a_token, _, conversation) = register_pair(&http, &sut.http, "hist_a", "hist_b").await?;
+    let (a_token, _, conversation) =
+        register_pair(&http, &sut.http, &format!("{tag}hist_a"), &format!("{tag}hist_b")).await?;
     seed_conversation(sut, &a_token, &conversation, messages, payload).await?;
     // Outcomes are recorded until the step closes; what has none then is pending.
     let state =

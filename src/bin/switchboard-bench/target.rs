@@ -83,14 +83,60 @@ pub async fn metric(http: &reqwest::Client, base: &str, name: &str) -> Option<f6
     text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-/// A running server process.
+/// A running server process, or (`--urls`) an externally started switchboard of one or more
+/// nodes: then `http`/`ws_url` are the first node's, `nodes` lists all of them, and `pid` is 0
+/// unless `--cluster-home` told which processes they are.
 pub struct Sut {
     pub kind: Kind,
-    child: Child,
+    child: Option<Child>,
     pub pid: u32,
     pub http: String,
     pub ws_url: String,
     pub version: String,
+    pub nodes: Vec<Node>,
+}
+
+/// One node of the system under test.
+#[derive(Clone, Debug, Serialize)]
+pub struct Node {
+    /// `node1`… for a cluster of `scripts/cluster` (from its state dir), else the URL.
+    pub name: String,
+    pub http: String,
+    pub ws_url: String,
+    /// Its process, when known (for CPU, RSS and the S9 kill).
+    pub pid: Option<u32>,
+}
+
+/// `ws://host:port/v1/ws` of an `http://host:port` base URL.
+pub fn ws_url_of(http: &str) -> String {
+    format!("{}/v1/ws", http.trim_end_matches('/').replacen("http", "ws", 1))
+}
+
+/// The nodes `scripts/cluster` started, from its state dir: (name, HTTP address, pid) of every
+/// `nodeN.env` with a live `nodeN.pid`.
+pub fn cluster_nodes(home: &Path) -> Vec<(String, String, Option<u32>)> {
+    let mut nodes = Vec::new();
+    for i in 1..=9 {
+        let Ok(env) = std::fs::read_to_string(home.join(format!("node{i}.env"))) else { continue };
+        let Some(addr) = env.lines().find_map(|l| l.strip_prefix("SWITCHBOARD_HTTP_ADDR=")) else { continue };
+        let pid = std::fs::read_to_string(home.join(format!("node{i}.pid")))
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+            .filter(|p| is_switchboard_serve(*p));
+        nodes.push((format!("node{i}"), addr.trim().to_owned(), pid));
+    }
+    nodes
+}
+
+/// Whether `pid` is a live `switchboard serve` process (a stale pid file must not make the
+/// bench signal some other process).
+pub fn is_switchboard_serve(pid: u32) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let state = proc_file(pid, "status");
+    !state.lines().any(|l| l.starts_with("State:") && l.contains('Z'))
+        && args.first().is_some_and(|a| a.ends_with(b"switchboard"))
+        && args.iter().any(|a| *a == b"serve")
 }
 
 fn proc_file(pid: u32, name: &str) -> String {
@@ -214,14 +260,63 @@ impl Sut {
                 .trim()
                 .to_owned();
         let pid = child.id().ok_or("no pid")?;
-        Ok(Sut {
-            kind: Kind::Switchboard,
-            child,
-            pid,
+        let node = Node {
+            name: "node".into(),
             http: format!("http://{addr}"),
             ws_url: format!("ws://{addr}/v1/ws"),
+            pid: Some(pid),
+        };
+        Ok(Sut {
+            kind: Kind::Switchboard,
+            child: Some(child),
+            pid,
+            http: node.http.clone(),
+            ws_url: node.ws_url.clone(),
             version,
+            nodes: vec![node],
         })
+    }
+
+    /// An already running switchboard (`--urls`): its nodes' base URLs, and when
+    /// `cluster_home` (the state dir of `scripts/cluster`) is given, their names and pids.
+    /// Every URL must answer `/readyz` 200.
+    pub async fn external(bin: &Path, urls: &[String], cluster_home: Option<&Path>) -> Result<Sut, Failure> {
+        let known = cluster_home.map(cluster_nodes).unwrap_or_default();
+        let http = http_client()?;
+        let mut nodes = Vec::new();
+        for url in urls {
+            let url = url.trim().trim_end_matches('/').to_owned();
+            let ready = http.get(format!("{url}/readyz")).send().await.map(|r| r.status().as_u16());
+            if !matches!(ready, Ok(200)) {
+                return Err(format!("{url}/readyz: {ready:?} (is the server running?)").into());
+            }
+            let addr = url.trim_start_matches("http://");
+            let (name, pid) = match known.iter().find(|(_, a, _)| a == addr) {
+                Some((name, _, pid)) => (name.clone(), *pid),
+                None => (url.clone(), None),
+            };
+            nodes.push(Node { name, ws_url: ws_url_of(&url), http: url, pid });
+        }
+        let first = nodes.first().ok_or("--urls is empty")?.clone();
+        let version = std::process::Command::new(bin)
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        Ok(Sut {
+            kind: Kind::Switchboard,
+            child: None,
+            pid: first.pid.unwrap_or(0),
+            http: first.http,
+            ws_url: first.ws_url,
+            version: format!("{version} (external, {} node(s))", nodes.len()),
+            nodes,
+        })
+    }
+
+    /// Started by the bench (not `--urls`).
+    pub fn is_external(&self) -> bool {
+        self.child.is_none()
     }
 
     /// Starts Centrifugo on `cpu` with a generated loopback config: insecure client mode (any
@@ -277,45 +372,78 @@ impl Sut {
             .to_owned()
         });
         let pid = child.id().ok_or("no pid")?;
-        Ok(Sut {
-            kind: Kind::Centrifugo,
-            child,
-            pid,
+        let node = Node {
+            name: "centrifugo".into(),
             http: format!("http://{addr}"),
             ws_url: format!("ws://{addr}/connection/websocket"),
+            pid: Some(pid),
+        };
+        Ok(Sut {
+            kind: Kind::Centrifugo,
+            child: Some(child),
+            pid,
+            http: node.http.clone(),
+            ws_url: node.ws_url.clone(),
             version,
+            nodes: vec![node],
         })
     }
 
+    /// Resident memory, KiB: of the server, or summed over the nodes whose pids are known.
     pub fn rss_kib(&self) -> u64 {
-        rss_kib(self.pid)
+        self.nodes.iter().filter_map(|n| n.pid).map(rss_kib).sum()
     }
 
+    /// CPU seconds: of the server, or summed over the nodes whose pids are known (a node that
+    /// died meanwhile no longer counts).
     pub fn cpu_secs(&self) -> f64 {
-        cpu_secs(self.pid)
+        self.nodes.iter().filter_map(|n| n.pid).map(cpu_secs).sum()
     }
 
-    /// Stops the server; for switchboard, first saves its `/metrics` (store append latency
-    /// histogram, group commits, …) as `metrics-<label>.txt` in `dir`.
-    pub async fn stop(mut self, dir: &Path, label: &str) {
+    /// Stops the server (an external one is left running); for switchboard, first saves
+    /// `/metrics` (store append latency histogram, group commits, …) as
+    /// `metrics-<label>.txt` in `dir` (`metrics-<label>-<node>.txt` per node of an external one).
+    pub async fn stop(self, dir: &Path, label: &str) {
         if self.kind == Kind::Switchboard
             && let Ok(http) = http_client()
-            && let Ok(resp) = http.get(format!("{}/metrics", self.http)).send().await
-            && let Ok(text) = resp.text().await
         {
-            let _ = std::fs::write(dir.join(format!("metrics-{label}.txt")), text);
+            for node in &self.nodes {
+                if let Ok(resp) = http.get(format!("{}/metrics", node.http)).send().await
+                    && let Ok(text) = resp.text().await
+                {
+                    let file = if self.child.is_some() {
+                        format!("metrics-{label}.txt")
+                    } else {
+                        let safe: String = node
+                            .name
+                            .chars()
+                            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                            .collect();
+                        format!("metrics-{label}-{safe}.txt")
+                    };
+                    let _ = std::fs::write(dir.join(file), text);
+                }
+            }
         }
-        let _ = self.child.kill().await;
+        if let Some(mut child) = self.child {
+            let _ = child.kill().await;
+        }
     }
 }
 
 /// What one incoming frame means to the generator.
 #[derive(Debug, PartialEq)]
 pub enum Incoming {
-    /// The server acknowledged send number `k` (switchboard: stored).
-    Ack(u64),
-    /// A delivered message body.
-    Delivery(String),
+    /// The server acknowledged send number `k` (switchboard: stored, as `seq`).
+    Ack {
+        k: u64,
+        seq: Option<u64>,
+    },
+    /// A delivered message body (switchboard: and its seq).
+    Delivery {
+        body: String,
+        seq: Option<u64>,
+    },
     /// An application-level ping to answer (Centrifugo's `{}`).
     Ping,
     /// An error reply or disconnect notice, by code (`error:rate_limited`,
@@ -324,7 +452,19 @@ pub enum Incoming {
         k: Option<u64>,
         code: String,
     },
+    /// switchboard's `sync_done`; `has_more`: sync again.
+    SyncDone {
+        has_more: bool,
+    },
     Other,
+}
+
+/// Whether a `sync_done` asks for another round (at the top level or for a conversation).
+pub fn sync_has_more(v: &Value) -> bool {
+    v["has_more"].as_bool() == Some(true)
+        || v["conversations"]
+            .as_object()
+            .is_some_and(|m| m.values().any(|c| c["has_more"].as_bool() == Some(true)))
 }
 
 /// Centrifugo command ids of publishes are offset so they never clash with connect/subscribe.
@@ -358,9 +498,13 @@ pub fn parse(kind: Kind, text: &str) -> Vec<Incoming> {
                 Some("sent") => v["client_msg_id"]
                     .as_str()
                     .and_then(|c| c.strip_prefix('k')?.parse().ok())
-                    .map(Incoming::Ack)
+                    .map(|k| Incoming::Ack { k, seq: v["seq"].as_u64() })
                     .unwrap_or(Incoming::Other),
-                Some("message") => Incoming::Delivery(v["body"].as_str().unwrap_or("").to_owned()),
+                Some("message") => Incoming::Delivery {
+                    body: v["body"].as_str().unwrap_or("").to_owned(),
+                    seq: v["seq"].as_u64(),
+                },
+                Some("sync_done") => Incoming::SyncDone { has_more: sync_has_more(&v) },
                 Some("error") => Incoming::Error {
                     k: v["id"].as_str().and_then(|c| c.strip_prefix('k')?.parse().ok()),
                     code: format!("error:{}", v["code"].as_str().unwrap_or("?")),
@@ -377,14 +521,14 @@ pub fn parse(kind: Kind, text: &str) -> Vec<Incoming> {
                 if v.as_object().is_some_and(|o| o.is_empty()) {
                     Incoming::Ping
                 } else if let Some(b) = v["push"]["pub"]["data"]["b"].as_str() {
-                    Incoming::Delivery(b.to_owned())
+                    Incoming::Delivery { body: b.to_owned(), seq: None }
                 } else if let Some(id) = v["id"].as_u64().filter(|id| *id >= PUBLISH_ID_OFFSET) {
                     match v.get("error") {
                         Some(e) => Incoming::Error {
                             k: Some(id - PUBLISH_ID_OFFSET),
                             code: format!("centrifugo_error:{}", e["code"]),
                         },
-                        None => Incoming::Ack(id - PUBLISH_ID_OFFSET),
+                        None => Incoming::Ack { k: id - PUBLISH_ID_OFFSET, seq: None },
                     }
                 } else if let Some(d) = v.get("disconnect").or_else(|| v["push"].get("disconnect")) {
                     Incoming::Error { k: None, code: format!("centrifugo_disconnect:{}", d["code"]) }
@@ -416,9 +560,9 @@ async fn centrifugo_reply(socket: &mut Socket, id: u64) -> Result<Value, Failure
     }
 }
 
-/// Completes a connection's handshake: switchboard's `welcome` (authenticated by header), or
-/// Centrifugo's connect command.
-pub async fn handshake(kind: Kind, socket: &mut Socket) -> Result<(), Failure> {
+/// Completes a connection's handshake: switchboard's `welcome` (authenticated by header;
+/// returned: `node`, `heartbeat_ms`, …), or Centrifugo's connect command (its reply).
+pub async fn handshake(kind: Kind, socket: &mut Socket) -> Result<Value, Failure> {
     match kind {
         Kind::Switchboard => loop {
             let msg =
@@ -426,14 +570,57 @@ pub async fn handshake(kind: Kind, socket: &mut Socket) -> Result<(), Failure> {
             if let Message::Text(text) = msg {
                 let v: Value = serde_json::from_str(&text)?;
                 if v["type"] == "welcome" {
-                    return Ok(());
+                    return Ok(v);
                 }
                 return Err(format!("expected welcome, got {text}").into());
             }
         },
         Kind::Centrifugo => {
             socket.send(Message::text(json!({"id":1,"connect":{}}).to_string())).await?;
-            centrifugo_reply(socket, 1).await.map(|_| ())
+            centrifugo_reply(socket, 1).await
+        }
+    }
+}
+
+/// switchboard: sends `sync` from `cursors` and reads until its `sync_done` without
+/// `has_more` (syncing again while there is more), within `within`. Messages read meanwhile
+/// are returned as (conversation, seq, body), in order.
+pub async fn sync_until_done(
+    socket: &mut Socket,
+    mut cursors: serde_json::Map<String, Value>,
+    within: Duration,
+) -> Result<Vec<(String, u64, String)>, Failure> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut messages = Vec::new();
+    loop {
+        socket.send(Message::text(json!({"type": "sync", "cursors": cursors}).to_string())).await?;
+        let more = loop {
+            let msg = tokio::time::timeout_at(deadline, socket.next())
+                .await
+                .map_err(|_| format!("no sync_done within {within:?}"))?
+                .ok_or("closed during sync")??;
+            let Message::Text(text) = msg else { continue };
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            match v["type"].as_str() {
+                Some("message") => {
+                    let (c, seq) = (
+                        v["conversation_id"].as_str().unwrap_or("").to_owned(),
+                        v["seq"].as_u64().unwrap_or(0),
+                    );
+                    let held = cursors.get(&c).and_then(Value::as_u64).unwrap_or(0);
+                    if seq == held + 1 {
+                        cursors.insert(c.clone(), json!(seq));
+                    }
+                    messages.push((c, seq, v["body"].as_str().unwrap_or("").to_owned()));
+                }
+                Some("sync_done") => break sync_has_more(&v),
+                Some("error") if v["conversation_id"].is_null() && v["id"].is_null() => {}
+                Some("error") => return Err(format!("sync: {text}").into()),
+                _ => {}
+            }
+        };
+        if !more {
+            return Ok(messages);
         }
     }
 }
