@@ -48,3 +48,34 @@ fn binary_refuses_invalid_config_naming_the_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("limits.max_body_bytes"), "{err}");
 }
+
+#[tokio::test]
+async fn a_cluster_on_the_embedded_store_is_refused_at_start_naming_the_fix() {
+    // The real binary, as an operator would start it: exit status 2 and a message on stderr.
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "s".repeat(40);
+    let (code, stderr) = crate::harness::Server::refused(
+        &dir,
+        &[
+            ("SWITCHBOARD_STORE_BACKEND", "embedded"),
+            ("SWITCHBOARD_PRESENCE_BACKEND", "redis"),
+            ("SWITCHBOARD_CLUSTER_ENABLED", "true"),
+            ("SWITCHBOARD_CLUSTER_SECRET", &secret),
+        ],
+    )
+    .await;
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("cluster.cluster_enabled") && stderr.contains("cassandra"), "{stderr}");
+    assert!(stderr.contains("embedded store"), "{stderr}");
+    // A cluster without its shared secret is refused as well.
+    let (_, stderr) = crate::harness::Server::refused(
+        &dir,
+        &[
+            ("SWITCHBOARD_STORE_BACKEND", "cassandra"),
+            ("SWITCHBOARD_PRESENCE_BACKEND", "redis"),
+            ("SWITCHBOARD_CLUSTER_ENABLED", "true"),
+        ],
+    )
+    .await;
+    assert!(stderr.contains("cluster.cluster_secret"), "{stderr}");
+}
