@@ -249,7 +249,29 @@ impl Owner {
                 }
             }
         }
-        // 2. Idempotency against the store, one lookup for the whole batch.
+        // 2. Ownership before idempotency. Taking a conversation over (cluster) completes any
+        // append a previous attempt left in flight (the claim is a Paxos round on the
+        // partitions that append could reach), so the lookup below sees it; looking up first
+        // could miss a timed-out append that did land and store its retry a second time.
+        let mut refused: HashMap<ConversationId, Error> = HashMap::new();
+        for c in &candidates {
+            let conversation = c.send.conversation_id;
+            if !refused.contains_key(&conversation)
+                && let Err(e) = self.last_seq_of(conversation).await
+            {
+                refused.insert(conversation, e);
+            }
+        }
+        if !refused.is_empty() {
+            let (failed, ok): (Vec<Candidate>, Vec<Candidate>) =
+                candidates.into_iter().partition(|c| refused.contains_key(&c.send.conversation_id));
+            for candidate in failed {
+                let e = refused[&candidate.send.conversation_id].clone();
+                candidate.answer(Err(e));
+            }
+            candidates = ok;
+        }
+        // 3. Idempotency against the store, one lookup for the whole batch.
         if !candidates.is_empty() {
             let keys: Vec<ClientKey> = candidates
                 .iter()
@@ -270,7 +292,7 @@ impl Owner {
                             },
                         }
                     }
-                    // 3. One durable append for everything new.
+                    // 4. One durable append for everything new.
                     if !accepted.is_empty() {
                         self.commit(accepted).await;
                     }
