@@ -197,6 +197,10 @@ pub struct LimitsConfig {
     pub typing_interval_ms: u64,
     pub sync_limit_max: u32,
     pub sync_round_max: u32,
+    /// Most members a group may have (its owner included).
+    pub group_max_members: u32,
+    /// Receipt changes of a group are pushed together at most this often, per conversation.
+    pub group_receipt_flush_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -210,6 +214,8 @@ impl Default for LimitsConfig {
             typing_interval_ms: 1_000,
             sync_limit_max: 500,
             sync_round_max: 1_000,
+            group_max_members: 1_000,
+            group_receipt_flush_ms: 250,
         }
     }
 }
@@ -412,6 +418,12 @@ impl Config {
         }
         if self.security.hash_queue_max == 0 {
             return Err(invalid("security.hash_queue_max", "must be at least 1"));
+        }
+        if self.limits.group_max_members < 2 {
+            return Err(invalid("limits.group_max_members", "must be at least 2"));
+        }
+        if self.limits.group_receipt_flush_ms == 0 {
+            return Err(invalid("limits.group_receipt_flush_ms", "must be positive"));
         }
         if self.limits.sync_round_max == 0 {
             return Err(invalid("limits.sync_round_max", "must be positive"));

@@ -30,6 +30,8 @@ pub enum ErrorCode {
     /// Another dependency is down, or the node is draining.
     Unavailable,
     Internal,
+    /// The request contradicts the current state (e.g. adding someone who is a member).
+    Conflict,
 }
 
 impl ErrorCode {
@@ -46,6 +48,7 @@ impl ErrorCode {
             ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::Conflict => "conflict",
         }
     }
 
@@ -56,7 +59,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => 401,
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
-            ErrorCode::UsernameTaken => 409,
+            ErrorCode::UsernameTaken | ErrorCode::Conflict => 409,
             ErrorCode::TooLarge => 413,
             ErrorCode::RateLimited => 429,
             ErrorCode::StoreUnavailable | ErrorCode::Unavailable => 503,

@@ -104,8 +104,119 @@ pub struct Conversation {
     pub kind: ConversationKind,
     pub title: Option<String>,
     pub members: Vec<UserId>,
+    /// The first key (messages from seq 1), wrapped by the master key.
     pub wrapped_key: Vec<u8>,
     pub created_at: Millis,
+    /// Keys that replaced the first one (a group rotates its key when a member leaves or is
+    /// removed), ascending by `from_seq`. Stored apart from the conversation's record.
+    #[serde(skip)]
+    pub rotated_keys: Vec<KeyEpoch>,
+    /// A deleted group: nothing can be read or sent any more.
+    #[serde(skip)]
+    pub deleted: bool,
+}
+
+/// A conversation key that seals the messages from `from_seq` on (until the next one).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyEpoch {
+    pub from_seq: u64,
+    pub wrapped_key: Vec<u8>,
+}
+
+/// A member's role in a group (a direct conversation's two members are both `Member`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    #[default]
+    Member,
+    Admin,
+    Owner,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Member => "member",
+            Role::Admin => "admin",
+            Role::Owner => "owner",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "member" => Some(Role::Member),
+            "admin" => Some(Role::Admin),
+            "owner" => Some(Role::Owner),
+            _ => None,
+        }
+    }
+}
+
+/// Who is (or was) in a conversation, in what role, and which seqs they may read: from
+/// `since_seq` (the message that added them; 0 in a direct conversation) to `until_seq` (the
+/// message that removed them, inclusive) while they are gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    pub user_id: UserId,
+    pub role: Role,
+    pub since_seq: u64,
+    pub until_seq: Option<u64>,
+    /// The seq of the change that wrote this record (a record never replaces a later one).
+    pub at_seq: u64,
+}
+
+impl MemberRecord {
+    /// A member of a direct conversation: from its start, for good.
+    pub fn direct(user_id: UserId) -> MemberRecord {
+        MemberRecord { user_id, role: Role::Member, since_seq: 0, until_seq: None, at_seq: 0 }
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.until_seq.is_none()
+    }
+
+    /// Whether the member may read the message at `seq`.
+    pub fn can_read(&self, seq: u64) -> bool {
+        seq >= self.since_seq && self.until_seq.is_none_or(|until| seq <= until)
+    }
+}
+
+/// A change to a group, as requested.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GroupAction {
+    /// The creation message (the group's records are already stored).
+    Create,
+    Rename {
+        title: String,
+    },
+    Add {
+        users: Vec<UserId>,
+    },
+    Remove {
+        user: UserId,
+    },
+    Leave,
+    /// `Admin` or `Member`; `Owner` transfers ownership (the former owner becomes an admin).
+    SetRole {
+        user: UserId,
+        role: Role,
+    },
+    Delete,
+}
+
+/// A change to a group, applied after its system message at `seq` is stored: the member
+/// records it writes (added, removed, role changed), and a new title, key or deletion. Kept
+/// as the group's pending update between the two writes, so a crash between them is finished
+/// by the next owner (see `DirectoryStore::begin_group_update`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupUpdate {
+    pub seq: u64,
+    /// The id of the system message at `seq`: the update is applied only if that message is.
+    pub message_id: MessageId,
+    pub members: Vec<MemberRecord>,
+    pub title: Option<String>,
+    pub key: Option<KeyEpoch>,
+    pub deleted: bool,
 }
 
 /// Per-member receipt watermarks. Both only ever grow; `read_seq <= delivered_seq` is not
@@ -130,6 +241,8 @@ impl Watermarks {
 pub struct Member {
     pub user_id: UserId,
     pub watermarks: Watermarks,
+    /// Role and readable window (a direct conversation's members: `MemberRecord::direct`).
+    pub record: MemberRecord,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,7 +11,7 @@ use crate::cluster::placement::Placement;
 use crate::config::Config;
 use crate::conversation::directory::Conversations;
 use crate::conversation::history::HistoryReader;
-use crate::conversation::owner::{Owner, OwnerCluster, OwnerHandle};
+use crate::conversation::owner::{Owner, OwnerCluster, OwnerHandle, OwnerSettings};
 use crate::conversation::peer_service::PeerService;
 use crate::crypto::MasterKey;
 use crate::delivery::registry::{Drain, PresenceChanged, PresenceView, Remark};
@@ -226,7 +226,7 @@ impl Node {
             conversations.clone(),
             router.clone(),
             metrics.clone(),
-            config.storage.group_commit_max as usize,
+            OwnerSettings::from_config(&config),
             config.owner_shards(),
             OwnerCluster { placement: placement.clone(), peers: peers.clone() },
         );

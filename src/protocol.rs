@@ -106,6 +106,14 @@ pub struct SyncState {
     pub has_more: bool,
 }
 
+/// One member's watermarks in a `receipts` frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptEntry {
+    pub user_id: UserId,
+    pub delivered_seq: u64,
+    pub read_seq: u64,
+}
+
 /// A frame the server sends.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -131,6 +139,12 @@ pub enum ServerFrame {
         user_id: UserId,
         delivered_seq: u64,
         read_seq: u64,
+    },
+    /// Receipt changes of several members of a group, pushed together (at most every
+    /// `limits.group_receipt_flush_ms` per group); direct conversations use `Receipt`.
+    Receipts {
+        conversation_id: ConversationId,
+        receipts: Vec<ReceiptEntry>,
     },
     Presence {
         user_id: UserId,

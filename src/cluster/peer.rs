@@ -1,10 +1,10 @@
 //! What nodes say to each other over the link (`PeerMsg`, postcard-encoded inside the link's
-//! versioned frames): a `send` or receipt forwarded to the conversation's owner and its answer,
+//! versioned frames): a `send`, receipt or group change forwarded to the conversation's owner and its answer,
 //! and the events an owner delivers once per node holding sessions of the audience. Plain data
 //! of model types only; the conversation and delivery layers convert to and from it.
 
 use crate::error::ErrorCode;
-use crate::model::{ConversationId, DeviceId, MessageId, Millis, UserId};
+use crate::model::{ConversationId, DeviceId, GroupAction, MessageId, Millis, UserId};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -28,6 +28,10 @@ pub enum PeerMsg {
     Failed { code: ErrorCode, message: String },
     /// One-way: events for the sessions of the receiving node, in the owner's order.
     Deliver(Vec<WireEvent>),
+    /// Request: change a group (the receiving node must own the conversation).
+    Change { user: UserId, device: DeviceId, conversation: ConversationId, action: GroupAction },
+    /// Reply to `Change`: its system message is stored at `seq`.
+    Changed { seq: u64, message_id: MessageId, ts: Millis },
 }
 
 /// A `delivery::Publish` on the wire.

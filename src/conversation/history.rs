@@ -3,8 +3,8 @@
 //! and bodies decrypted. Sessions and REST handlers read through it, never through a store.
 
 use crate::conversation::directory::{ConversationInfo, Conversations};
-use crate::error::Result;
-use crate::model::{ConversationId, ConversationKind, StoredMessage, UserId, Watermarks};
+use crate::error::{ErrorCode, Result};
+use crate::model::{ConversationId, ConversationKind, Role, StoredMessage, UserId, Watermarks};
 use crate::protocol::{MessageView, SyncState};
 use crate::store::ChatStore;
 use serde::Serialize;
@@ -34,7 +34,14 @@ pub struct ConversationSummary {
     pub kind: ConversationKind,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,
+    /// The current members.
     pub members: Vec<UserId>,
+    /// The caller's role in a group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    /// The caller left the group or was removed (they read it up to then).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub left: bool,
     pub last_seq: u64,
     pub delivered_seq: u64,
     pub read_seq: u64,
@@ -65,9 +72,11 @@ impl HistoryReader {
         before: Option<u64>,
         limit: Option<u32>,
     ) -> Result<(Vec<MessageView>, bool)> {
-        let info = self.conversations.for_member(conversation, user).await?;
+        let (mut info, window) = self.conversations.reader(conversation, user).await?;
         let limit = limit.unwrap_or(HISTORY_LIMIT_DEFAULT).clamp(1, HISTORY_LIMIT_MAX) as usize;
-        let mut cursor = before.unwrap_or(u64::MAX);
+        // A former member reads up to the message that removed them; a member from the one
+        // that added them.
+        let mut cursor = before.unwrap_or(u64::MAX).min(window.until_seq.map_or(u64::MAX, |u| u + 1));
         let mut newest_first: Vec<MessageView> = Vec::new();
         let mut bytes = 0;
         // Small first reads, growing: a page of large messages ends after a few of them.
@@ -75,8 +84,12 @@ impl HistoryReader {
         loop {
             let take = (limit - newest_first.len()).min(chunk_len);
             chunk_len = (chunk_len * 2).min(READ_CHUNK);
-            let chunk = self.store.messages_before(conversation, cursor, take + 1).await?;
-            let exhausted = chunk.len() <= take;
+            let mut chunk = self.store.messages_before(conversation, cursor, take + 1).await?;
+            let mut exhausted = chunk.len() <= take;
+            if chunk.first().is_some_and(|m| m.seq < window.since_seq) {
+                chunk.retain(|m| m.seq >= window.since_seq);
+                exhausted = true;
+            }
             // Newest first, cut where the bodies reach the page's byte cap (sealed sizes are
             // the bodies plus a fixed overhead), so only what is returned is decrypted.
             let mut picked = Vec::with_capacity(take);
@@ -92,7 +105,7 @@ impl HistoryReader {
                 picked.push(m);
             }
             picked.reverse();
-            let mut views = open_all(&info, picked).await?;
+            let mut views = self.open_page(&mut info, picked).await?;
             views.reverse();
             newest_first.extend(views);
             if full || (!exhausted && newest_first.len() == limit) {
@@ -123,11 +136,18 @@ impl HistoryReader {
         after: u64,
         limit: usize,
     ) -> Result<SyncPage> {
-        let info = self.conversations.for_member(conversation, user).await?;
+        let (mut info, window) = self.conversations.reader(conversation, user).await?;
         let take = limit.clamp(1, READ_CHUNK);
+        let after = after.max(window.since_seq.saturating_sub(1));
         let mut page = self.store.messages_after(conversation, after, take + 1).await?;
         let mut has_more = page.len() > take;
         page.truncate(take);
+        if let Some(until) = window.until_seq
+            && page.last().is_some_and(|m| m.seq > until)
+        {
+            page.retain(|m| m.seq <= until);
+            has_more = false;
+        }
         // Cut where the bodies reach the page's byte cap, before decrypting.
         let mut bytes = 0;
         let mut keep = 0;
@@ -140,9 +160,12 @@ impl HistoryReader {
             keep += 1;
         }
         page.truncate(keep);
-        let mut messages = open_all(&info, page).await?;
+        let mut messages = self.open_page(&mut info, page).await?;
         has_more |= cut_to_json_cap(&mut messages);
-        let last_seq = self.store.last_seq(conversation).await?;
+        let mut last_seq = self.store.last_seq(conversation).await?;
+        if let Some(until) = window.until_seq {
+            last_seq = last_seq.min(until);
+        }
         let mine = self.watermarks(conversation, user).await?;
         Ok(SyncPage {
             conversation_id: conversation,
@@ -157,26 +180,46 @@ impl HistoryReader {
     }
 
     async fn watermarks(&self, conversation: ConversationId, user: UserId) -> Result<Watermarks> {
-        Ok(self
-            .store
-            .members(conversation)
-            .await?
-            .into_iter()
-            .find(|m| m.user_id == user)
-            .map(|m| m.watermarks)
-            .unwrap_or_default())
+        Ok(self.store.member(conversation, user).await?.map(|m| m.watermarks).unwrap_or_default())
     }
 
-    /// The user's conversations, most recently active first.
+    /// Decrypts a page; a group whose key was rotated on another node since it was cached is
+    /// read again once.
+    async fn open_page(
+        &self,
+        info: &mut Arc<ConversationInfo>,
+        page: Vec<StoredMessage>,
+    ) -> Result<Vec<MessageView>> {
+        let newest = page.last().map(|m| m.seq).unwrap_or(0);
+        if info.is_group() && newest > info.newest_key_from() {
+            // Cheap check first: only a page past the cached newest key can need a newer one.
+            match open_all(info, page.clone()).await {
+                Ok(views) => return Ok(views),
+                Err(_) => {
+                    if let Some(fresh) = self.conversations.reload(info.id).await? {
+                        *info = fresh;
+                    }
+                }
+            }
+        }
+        open_all(info, page).await
+    }
+
+    /// The user's conversations, most recently active first (a group they left or were
+    /// removed from up to their removal; deleted groups not at all).
     pub async fn summaries(&self, user: UserId) -> Result<Vec<ConversationSummary>> {
         let mut out = Vec::new();
         for id in self.store.user_conversations(user).await? {
-            let info = self.conversations.for_member(id, user).await?;
-            let last = self.store.messages_before(id, u64::MAX, 1).await?;
+            let (mut info, window) = match self.conversations.reader(id, user).await {
+                Ok(found) => found,
+                Err(e) if matches!(e.code, ErrorCode::NotFound | ErrorCode::Forbidden) => continue,
+                Err(e) => return Err(e),
+            };
+            let before = window.until_seq.map_or(u64::MAX, |u| u + 1);
+            let last = self.store.messages_before(id, before, 1).await?;
             let last_seq = last.last().map(|m| m.seq).unwrap_or(0);
-            let last_message = match last.last() {
-                Some(m) => {
-                    let mut view = info.open(m)?;
+            let last_message = match self.open_page(&mut info, last).await?.pop() {
+                Some(mut view) => {
                     if let Some((cut, _)) = view.body.char_indices().nth(PREVIEW_CHARS) {
                         view.body.truncate(cut);
                     }
@@ -190,6 +233,8 @@ impl HistoryReader {
                 kind: info.kind,
                 title: info.title.clone(),
                 members: info.members.to_vec(),
+                role: info.is_group().then_some(window.role),
+                left: window.until_seq.is_some(),
                 last_seq,
                 delivered_seq: mine.delivered_seq,
                 read_seq: mine.read_seq,

@@ -1,9 +1,9 @@
-//! What this node answers to its peers on the link: forwarded sends and receipts go to this
-//! node's owner shards (never forwarded again: a shard that does not own the conversation in
-//! its view refuses with a retryable error), and delivered events go to this node's sessions
-//! through the Registry, in the order they arrived.
+//! What this node answers to its peers on the link: forwarded sends, receipts and group
+//! changes go to this node's owner shards (never forwarded again: a shard that does not own the
+//! conversation in its view refuses with a retryable error), and delivered events go to this
+//! node's sessions through the Registry, in the order they arrived.
 
-use super::owner::{OwnerHandle, SendRequest};
+use super::owner::{ChangeRequest, OwnerHandle, SendRequest};
 use crate::account::Identity;
 use crate::cluster::link::Handler;
 use crate::cluster::peer::PeerMsg;
@@ -85,6 +85,24 @@ impl Handler<PeerMsg> for PeerService {
                         Err(e) => failed(e),
                         Ok(rx) => match rx.await {
                             Ok(Ok(())) => PeerMsg::Done,
+                            Ok(Err(e)) => failed(e),
+                            Err(_) => dropped(),
+                        },
+                    }
+                })
+            }
+            PeerMsg::Change { user, device, conversation, action } => {
+                let request = ChangeRequest {
+                    from: Identity { user_id: user, device_id: device },
+                    conversation_id: conversation,
+                    action,
+                };
+                let queued = owners.change_local(request);
+                Box::pin(async move {
+                    match queued {
+                        Err(e) => failed(e),
+                        Ok(rx) => match rx.await {
+                            Ok(Ok(c)) => PeerMsg::Changed { seq: c.seq, message_id: c.message_id, ts: c.ts },
                             Ok(Err(e)) => failed(e),
                             Err(_) => dropped(),
                         },

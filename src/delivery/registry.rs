@@ -1,4 +1,5 @@
-//! actor Registry: the node's table of connected sessions (user → sessions, with device) and
+//! actor Registry: the node's table of connected sessions (user → sessions, with device; and
+//! by conversation for group fan-out) and
 //! of presence — who is online, last seen, who watches whom — pushed to watchers on change and
 //! mirrored into the `ClusterDirectory` (a user's first session on this node and last one;
 //! node liveness is renewed by the membership loop, never per user). On a single node presence
@@ -7,7 +8,7 @@
 
 use crate::delivery::Publish;
 use crate::delivery::SessionEvent;
-use crate::model::{DeviceId, Millis, UserId, now_millis};
+use crate::model::{ConversationId, DeviceId, Millis, UserId, now_millis};
 use crate::protocol::{ServerFrame, close_code};
 use crate::store::presence::ClusterDirectory;
 use actix::{Actor, Context, Handler, Message, MessageResult, Recipient, ResponseFuture};
@@ -52,8 +53,25 @@ pub struct Registry {
     watching: HashMap<SessionId, Vec<UserId>>,
     /// Users who went offline, and when (single node; in a cluster the directory knows).
     last_seen: HashMap<UserId, Millis>,
+    /// Sessions by conversation, for large audiences (groups): a message's fan-out walks the
+    /// conversation's sessions here instead of every member. Built on a conversation's first
+    /// message; dropped when its audience changes or a member's sessions come or go.
+    fan_out: HashMap<ConversationId, FanOut>,
+    /// user → conversations in `fan_out` whose audience has them (online or not).
+    fan_out_of_user: HashMap<UserId, HashSet<ConversationId>>,
     draining: bool,
 }
+
+/// The sessions on this node of one conversation's audience.
+struct FanOut {
+    audience: Arc<[UserId]>,
+    sessions: Vec<SessionId>,
+}
+
+/// Audiences at least this large are indexed by conversation (smaller ones are walked).
+const FAN_OUT_MIN_AUDIENCE: usize = 8;
+/// Conversations indexed before the index starts over.
+const FAN_OUT_MAX: usize = 50_000;
 
 impl Registry {
     pub fn new(node: String, presence: Arc<dyn ClusterDirectory>, clustered: bool) -> Registry {
@@ -66,6 +84,8 @@ impl Registry {
             watchers: HashMap::new(),
             watching: HashMap::new(),
             last_seen: HashMap::new(),
+            fan_out: HashMap::new(),
+            fan_out_of_user: HashMap::new(),
             draining: false,
         }
     }
@@ -78,6 +98,37 @@ impl Registry {
                 entry.addr.do_send(SessionEvent::Frame(text.clone()));
             }
         }
+    }
+
+    /// The user's sessions came or went: their conversations' fan-out lists are stale.
+    fn forget_fan_out(&mut self, user: UserId) {
+        for conversation in self.fan_out_of_user.remove(&user).unwrap_or_default() {
+            self.fan_out.remove(&conversation);
+        }
+    }
+
+    /// The sessions of a conversation's audience, from the index (rebuilt if the audience
+    /// changed).
+    fn fan_out_sessions(&mut self, conversation: ConversationId, audience: &Arc<[UserId]>) -> &[SessionId] {
+        let fresh = self
+            .fan_out
+            .get(&conversation)
+            .is_some_and(|f| Arc::ptr_eq(&f.audience, audience) || f.audience[..] == audience[..]);
+        if !fresh {
+            if self.fan_out.len() >= FAN_OUT_MAX {
+                self.fan_out.clear();
+                self.fan_out_of_user.clear();
+            }
+            let mut sessions = Vec::new();
+            for user in audience.iter() {
+                self.fan_out_of_user.entry(*user).or_default().insert(conversation);
+                if let Some(ids) = self.by_user.get(user) {
+                    sessions.extend_from_slice(ids);
+                }
+            }
+            self.fan_out.insert(conversation, FanOut { audience: audience.clone(), sessions });
+        }
+        &self.fan_out[&conversation].sessions
     }
 
     /// Runs a presence-store write in the background; a failure only delays the mirror.
@@ -119,6 +170,7 @@ impl Handler<Connect> for Registry {
             return false;
         }
         self.sessions.insert(msg.session, Entry { user: msg.user, device: msg.device, addr: msg.addr });
+        self.forget_fan_out(msg.user);
         let sessions = self.by_user.entry(msg.user).or_default();
         sessions.push(msg.session);
         if sessions.len() == 1 {
@@ -154,6 +206,7 @@ impl Handler<Disconnect> for Registry {
             }
         }
         let Some(entry) = self.sessions.remove(&msg.session) else { return };
+        self.forget_fan_out(entry.user);
         let Some(sessions) = self.by_user.get_mut(&entry.user) else { return };
         sessions.retain(|s| *s != msg.session);
         if sessions.is_empty() {
@@ -183,6 +236,19 @@ impl Handler<Deliver> for Registry {
 
     fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) {
         for publish in msg.0 {
+            if let SessionEvent::Message { conversation_id, .. } = &publish.event
+                && publish.audience.len() >= FAN_OUT_MIN_AUDIENCE
+            {
+                let ids = self.fan_out_sessions(*conversation_id, &publish.audience).to_vec();
+                for id in ids {
+                    if let Some(entry) = self.sessions.get(&id)
+                        && publish.except.includes(entry.user, entry.device)
+                    {
+                        entry.addr.do_send(publish.event.clone());
+                    }
+                }
+                continue;
+            }
             for user in publish.audience.iter() {
                 let Some(ids) = self.by_user.get(user) else { continue };
                 for id in ids {

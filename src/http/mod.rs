@@ -3,6 +3,7 @@
 
 mod accounts;
 mod conversations;
+mod groups;
 mod health;
 pub mod server;
 pub mod transport;
@@ -50,7 +51,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/users/{username}", web::get().to(accounts::user_by_name))
             .route("/conversations", web::get().to(conversations::list))
             .route("/conversations/direct", web::post().to(conversations::open_direct))
+            .route("/conversations/group", web::post().to(groups::create))
+            .route("/conversations/{id}", web::patch().to(groups::rename))
+            .route("/conversations/{id}", web::delete().to(groups::delete))
+            .route("/conversations/{id}/members", web::get().to(groups::members))
+            .route("/conversations/{id}/members", web::post().to(groups::add))
+            .route("/conversations/{id}/members/{user_id}", web::delete().to(groups::remove))
+            .route("/conversations/{id}/members/{user_id}/role", web::put().to(groups::set_role))
+            .route("/conversations/{id}/leave", web::post().to(groups::leave))
             .route("/conversations/{id}/messages", web::get().to(conversations::messages))
+            .route("/conversations/{id}/messages/{seq}/receipts", web::get().to(groups::receipts))
             .route("/ws", web::get().to(ws::upgrade)),
     )
     .default_service(web::to(|| async { ApiError(Error::not_found("no such route")) }));

@@ -10,7 +10,8 @@ pub mod redis_directory;
 
 use crate::config::Config;
 use crate::model::{
-    Conversation, ConversationId, Device, DeviceId, Member, Millis, StoredMessage, User, UserId, Watermarks,
+    Conversation, ConversationId, Device, DeviceId, GroupUpdate, Member, MemberRecord, Millis, StoredMessage,
+    User, UserId, Watermarks,
 };
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -87,8 +88,25 @@ pub trait DirectoryStore: Send + Sync + 'static {
     async fn conversation(&self, id: ConversationId) -> StoreResult<Option<Conversation>>;
     /// The direct conversation of two users, if one exists.
     async fn direct_between(&self, a: UserId, b: UserId) -> StoreResult<Option<ConversationId>>;
-    /// Members with their receipt watermarks.
+    /// Members with their receipt watermarks and records, former group members included.
     async fn members(&self, id: ConversationId) -> StoreResult<Vec<Member>>;
+    /// One member (current or former), if the user was ever in the conversation.
+    async fn member(&self, id: ConversationId, user: UserId) -> StoreResult<Option<Member>>;
+    /// Creates a group with its first members (their conversation lists include it). Durable on
+    /// return. Later changes go through `begin_group_update` / `apply_group_update`.
+    async fn create_group(&self, conversation: &Conversation, members: &[MemberRecord]) -> StoreResult<()>;
+    /// Records `update` as the group's pending update, before its system message is appended
+    /// (replacing any older pending one). Durable on return.
+    async fn begin_group_update(&self, id: ConversationId, update: &GroupUpdate) -> StoreResult<()>;
+    /// The group's pending update, if one was begun and not applied or discarded.
+    async fn pending_group_update(&self, id: ConversationId) -> StoreResult<Option<GroupUpdate>>;
+    /// Applies `update` once its system message is stored: writes its member records (an added
+    /// member's conversation list gains the group; watermarks start at 0 for a new member), its
+    /// title, key and deletion, and clears it as pending. Idempotent; a record never replaces
+    /// one written by a later update (higher `seq`). Durable on return.
+    async fn apply_group_update(&self, id: ConversationId, update: &GroupUpdate) -> StoreResult<()>;
+    /// Clears the pending update at `seq` (its message was never stored). Idempotent.
+    async fn discard_group_update(&self, id: ConversationId, seq: u64) -> StoreResult<()>;
     async fn user_conversations(&self, user: UserId) -> StoreResult<Vec<ConversationId>>;
     /// Records that `user` has sent a message in the conversation (idempotent).
     async fn mark_posted(&self, conversation: ConversationId, user: UserId) -> StoreResult<()>;

@@ -13,7 +13,11 @@
 //! - `bad_input`: every bad input yields its error code or close code.
 //! - `login_limits`: login/registration rate limits, the bounded hash queue, token expiry.
 //! - `restart`: SIGKILL and SIGTERM: nothing acked is lost, seq continues gaplessly.
-//! - `store_conformance`: one suite against every `AccountStore`/`ChatStore` backend.
+//! - `store_conformance`: one suite against every `AccountStore`/`ChatStore` backend;
+//!   `group_store`: its group part (member records, pending updates, rotated keys).
+//! - `groups`: groups end to end: every permission rule, removal (live and in sync), key
+//!   rotation, system messages, coalesced receipts, a 1,000-member group; `group_keys`: key
+//!   rotation on the stored bytes and a crash between a change's message and its application.
 //! - `store_unavailable`: a store that is down or has no schema: unready, clear errors, recovery.
 //! - `presence_conformance`: the `ClusterDirectory` contract (memory, Redis).
 //! - `redis_directory`: the Redis backend against its own redis-server children: restart,
@@ -29,6 +33,9 @@ mod chat;
 mod cluster;
 mod config_file;
 mod full_disk;
+mod group_keys;
+mod group_store;
+mod groups;
 mod harness;
 mod hostile;
 mod login_limits;

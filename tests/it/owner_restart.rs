@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use switchboard::account::Identity;
 use switchboard::conversation::directory::Conversations;
-use switchboard::conversation::owner::{Owner, OwnerCluster, SendRequest};
+use switchboard::conversation::owner::{Owner, OwnerCluster, OwnerSettings, SendRequest};
 use switchboard::crypto::MasterKey;
 use switchboard::delivery::{Registry, Router};
 use switchboard::model::*;
@@ -36,6 +36,24 @@ impl DirectoryStore for PanicsOnce {
     }
     async fn members(&self, id: ConversationId) -> StoreResult<Vec<Member>> {
         self.inner.members(id).await
+    }
+    async fn member(&self, id: ConversationId, user: UserId) -> StoreResult<Option<Member>> {
+        self.inner.member(id, user).await
+    }
+    async fn create_group(&self, c: &Conversation, members: &[MemberRecord]) -> StoreResult<()> {
+        self.inner.create_group(c, members).await
+    }
+    async fn begin_group_update(&self, id: ConversationId, u: &GroupUpdate) -> StoreResult<()> {
+        self.inner.begin_group_update(id, u).await
+    }
+    async fn pending_group_update(&self, id: ConversationId) -> StoreResult<Option<GroupUpdate>> {
+        self.inner.pending_group_update(id).await
+    }
+    async fn apply_group_update(&self, id: ConversationId, u: &GroupUpdate) -> StoreResult<()> {
+        self.inner.apply_group_update(id, u).await
+    }
+    async fn discard_group_update(&self, id: ConversationId, seq: u64) -> StoreResult<()> {
+        self.inner.discard_group_update(id, seq).await
     }
     async fn user_conversations(&self, user: UserId) -> StoreResult<Vec<ConversationId>> {
         self.inner.user_conversations(user).await
@@ -128,7 +146,7 @@ async fn a_panicking_shard_is_restarted_and_counted() {
         conversations.clone(),
         router,
         metrics.clone(),
-        64,
+        OwnerSettings { max_batch: 64, ..OwnerSettings::default() },
         2,
         OwnerCluster::single("node-1"),
     );

@@ -123,10 +123,12 @@ fn direct(a: UserId, b: UserId) -> Conversation {
         members: vec![a.min(b), a.max(b)],
         wrapped_key: vec![7; 72],
         created_at: now_millis(),
+        rotated_keys: vec![],
+        deleted: false,
     }
 }
 
-fn message(c: ConversationId, author: UserId, seq: u64, client_msg_id: &str) -> StoredMessage {
+pub fn message(c: ConversationId, author: UserId, seq: u64, client_msg_id: &str) -> StoredMessage {
     StoredMessage {
         conversation_id: c,
         seq,

@@ -2,7 +2,7 @@
 //! shard of its conversation on this node, or, in a cluster, forwards it over the peer link to
 //! the node that owns the conversation and relays the answer.
 
-use super::{Request, SendRequest, Sent};
+use super::{ChangeRequest, Changed, Request, SendRequest, Sent};
 use crate::cluster::link::Links;
 use crate::cluster::peer::PeerMsg;
 use crate::cluster::placement::Placement;
@@ -119,6 +119,35 @@ impl OwnerHandle {
         let (reply, rx) = oneshot::channel();
         self.shard(conversation_id)
             .try_send(Request::Watermark { user, conversation_id, to, reply })
+            .map_err(|_| overloaded())?;
+        Ok(rx)
+    }
+
+    /// Queues a group change; the receiver yields once its system message is stored (on this
+    /// node's shard, or on the owner node's, the answer relayed).
+    pub fn change(&self, request: ChangeRequest) -> Result<oneshot::Receiver<Result<Changed>>> {
+        match self.route(request.conversation_id)? {
+            Route::Local => self.change_local(request),
+            Route::Peer(node) => {
+                let message = PeerMsg::Change {
+                    user: request.from.user_id,
+                    device: request.from.device_id,
+                    conversation: request.conversation_id,
+                    action: request.action,
+                };
+                Ok(self.forward(node, message, |reply| match reply {
+                    PeerMsg::Changed { seq, message_id, ts } => Ok(Changed { seq, message_id, ts }),
+                    other => Err(peer_failure(other)),
+                }))
+            }
+        }
+    }
+
+    /// Queues a group change on this node's shard (forwarded by a peer).
+    pub fn change_local(&self, request: ChangeRequest) -> Result<oneshot::Receiver<Result<Changed>>> {
+        let (reply, rx) = oneshot::channel();
+        self.shard(request.conversation_id)
+            .try_send(Request::Change(request, reply))
             .map_err(|_| overloaded())?;
         Ok(rx)
     }

@@ -18,8 +18,10 @@
 //! append with that epoch, so a paused former owner's late writes are refused by the store
 //! (`Fenced`): its callers get a retryable `unavailable`, never a false `sent`.
 
+mod group;
 mod handle;
 
+pub use group::{ChangeRequest, Changed, TITLE_MAX_CHARS, valid_title};
 pub use handle::{OwnerHandle, shard_of};
 
 use crate::account::Identity;
@@ -33,7 +35,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::model::{
     ConversationId, MessageId, MessageKind, Millis, StoredMessage, UserId, Watermarks, now_millis,
 };
-use crate::protocol::{MessageView, ServerFrame};
+use crate::protocol::{MessageView, ReceiptEntry, ServerFrame};
 use crate::store::ChatStore;
 use crate::telemetry::Metrics;
 use actix::Addr;
@@ -83,7 +85,40 @@ enum Request {
         to: Watermarks,
         reply: oneshot::Sender<Result<()>>,
     },
+    Change(ChangeRequest, oneshot::Sender<Result<Changed>>),
     Flush(oneshot::Sender<()>),
+}
+
+/// How the owner shards batch and what groups may do.
+#[derive(Clone, Debug)]
+pub struct OwnerSettings {
+    /// Most requests in one batch (one durable append).
+    pub max_batch: usize,
+    pub group_max_members: usize,
+    /// Receipt changes of a group are pushed together at most this often.
+    pub receipt_flush: std::time::Duration,
+}
+
+impl OwnerSettings {
+    pub fn from_config(config: &crate::config::Config) -> OwnerSettings {
+        OwnerSettings {
+            max_batch: config.storage.group_commit_max as usize,
+            group_max_members: config.limits.group_max_members as usize,
+            receipt_flush: std::time::Duration::from_millis(config.limits.group_receipt_flush_ms),
+        }
+    }
+}
+
+impl Default for OwnerSettings {
+    fn default() -> Self {
+        OwnerSettings::from_config(&crate::config::Config::default())
+    }
+}
+
+/// Receipt changes of one group waiting to be pushed together.
+struct GroupReceipts {
+    audience: Arc<[UserId]>,
+    changes: HashMap<UserId, Watermarks>,
 }
 
 /// Why this shard will not write a conversation now.
@@ -106,6 +141,11 @@ pub struct Owner {
     router: Addr<Router>,
     metrics: Arc<Metrics>,
     max_batch: usize,
+    group_max_members: usize,
+    receipt_flush: std::time::Duration,
+    /// Group receipt changes not yet pushed, and when they are due.
+    group_receipts: HashMap<ConversationId, GroupReceipts>,
+    receipts_due: Option<Instant>,
     /// The highest seq durably stored per conversation, loaded on first use.
     last_seq: HashMap<ConversationId, u64>,
     /// (conversation, author) pairs known to be recorded as posters (bounded; see `POSTED_MAX`).
@@ -167,7 +207,7 @@ impl Owner {
         conversations: Arc<Conversations>,
         router: Addr<Router>,
         metrics: Arc<Metrics>,
-        max_batch: usize,
+        settings: OwnerSettings,
         shards: usize,
         cluster: OwnerCluster,
     ) -> OwnerHandle {
@@ -183,7 +223,11 @@ impl Owner {
                     conversations: conversations.clone(),
                     router: router.clone(),
                     metrics: metrics.clone(),
-                    max_batch,
+                    max_batch: settings.max_batch,
+                    group_max_members: settings.group_max_members,
+                    receipt_flush: settings.receipt_flush,
+                    group_receipts: HashMap::new(),
+                    receipts_due: None,
                     last_seq: HashMap::new(),
                     posted: Default::default(),
                 };
@@ -197,7 +241,18 @@ impl Owner {
     async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
         use futures_util::FutureExt;
         let mut batch = Vec::with_capacity(self.max_batch);
-        while let Some(first) = rx.recv().await {
+        loop {
+            let first = match self.receipts_due {
+                None => rx.recv().await,
+                Some(due) => tokio::select! {
+                    next = rx.recv() => next,
+                    _ = tokio::time::sleep_until(due.into()) => {
+                        self.flush_group_receipts().await;
+                        continue;
+                    }
+                },
+            };
+            let Some(first) = first else { break };
             batch.push(first);
             while batch.len() < self.max_batch {
                 match rx.try_recv() {
@@ -222,12 +277,14 @@ impl Owner {
         self.forget_moved();
         let mut flushes = Vec::new();
         let mut receipts = Vec::new();
+        let mut changes = Vec::new();
         // 1. Membership, and retries of one client_msg_id within the batch (twins).
         let mut candidates: Vec<Candidate> = Vec::new();
         let mut index: HashMap<ClientKey, usize> = HashMap::new();
         for request in batch.drain(..) {
             match request {
                 Request::Flush(reply) => flushes.push(reply),
+                Request::Change(change, reply) => changes.push((change, reply)),
                 Request::Watermark { user, conversation_id, to, reply } => {
                     receipts.push((user, conversation_id, to, reply));
                 }
@@ -235,6 +292,12 @@ impl Owner {
                     let key = (send.conversation_id, send.from.user_id, send.client_msg_id.clone());
                     if let Some(&i) = index.get(&key) {
                         candidates[i].replies.push(reply);
+                        continue;
+                    }
+                    // Loaded first: a group's pending change is finished before its members
+                    // are checked.
+                    if let Err(e) = self.last_seq_of(send.conversation_id).await {
+                        let _ = reply.send(Err(e));
                         continue;
                     }
                     match self.conversations.for_member(send.conversation_id, send.from.user_id).await {
@@ -307,6 +370,13 @@ impl Owner {
         }
         // After the commit, so a receipt is checked against stored seqs only.
         self.advance_all(receipts).await;
+        // Group changes one at a time, each its own system message, after the batch's sends.
+        for (change, reply) in changes {
+            let _ = reply.send(self.change(change).await);
+        }
+        if self.receipts_due.is_some_and(|due| due <= Instant::now()) {
+            self.flush_group_receipts().await;
+        }
         for reply in flushes {
             let _ = reply.send(());
         }
@@ -330,7 +400,7 @@ impl Owner {
             device_id: send.from.device_id,
             client_msg_id: send.client_msg_id,
             kind: MessageKind::Text,
-            sealed_body: info.key().seal(send.body.as_bytes(), &info.body_aad(seq)),
+            sealed_body: info.key_for(seq).seal(send.body.as_bytes(), &info.body_aad(seq)),
             ts: now_millis(),
             attachments: send.attachments,
             epoch,
@@ -347,6 +417,7 @@ impl Owner {
         }
         if !self.placement.is_clustered() {
             let seq = self.store.last_seq(conversation).await?;
+            self.after_load(conversation, seq).await?;
             self.last_seq.insert(conversation, seq);
             return Ok(seq);
         }
@@ -359,11 +430,21 @@ impl Owner {
         }
         let claim = self.store.claim(conversation, self.placement.me()).await?;
         Metrics::inc(&self.metrics.ownership_claims_total);
+        self.after_load(conversation, claim.last_seq).await?;
         tracing::debug!(%conversation, epoch = claim.epoch, last_seq = claim.last_seq, "took the conversation over");
         self.lost.remove(&conversation);
         self.epochs.insert(conversation, claim.epoch);
         self.last_seq.insert(conversation, claim.last_seq);
         Ok(claim.last_seq)
+    }
+
+    /// A group loaded by this shard (first use, or taken over): its pending change is finished
+    /// or dropped and its members read afresh, so sends are checked against the current ones.
+    async fn after_load(&mut self, conversation: ConversationId, last_seq: u64) -> Result<()> {
+        match self.conversations.get(conversation).await? {
+            Some(info) if info.is_group() => self.finish_pending(conversation, last_seq).await,
+            _ => Ok(()),
+        }
     }
 
     /// Drops what this shard holds of conversations the current view gives to another node,
@@ -467,16 +548,16 @@ impl Owner {
         if receipts.is_empty() {
             return;
         }
-        let mut merged: HashMap<MemberKey, (Watermarks, Arc<[UserId]>)> = HashMap::new();
+        let mut merged: HashMap<MemberKey, (Watermarks, (Arc<[UserId]>, bool))> = HashMap::new();
         let mut waiting: Vec<(MemberKey, oneshot::Sender<Result<()>>)> = Vec::new();
         for (user, conversation, to, reply) in receipts {
             let checked = async {
-                let info = self.conversations.for_member(conversation, user).await?;
                 let last = self.last_seq_of(conversation).await?;
+                let info = self.conversations.for_member(conversation, user).await?;
                 // Nobody can have received what is not stored yet.
                 Ok::<_, Error>((
                     Watermarks { delivered_seq: to.delivered_seq.min(last), read_seq: to.read_seq.min(last) },
-                    info.members.clone(),
+                    (info.members.clone(), info.is_group()),
                 ))
             }
             .await;
@@ -507,7 +588,10 @@ impl Owner {
                     let answer = match result {
                         None => Err(Error::forbidden("you are not a member of this conversation")),
                         Some((now, changed)) => {
-                            if changed {
+                            let (audience, is_group) = merged[&key].1.clone();
+                            if changed && is_group {
+                                self.queue_group_receipt(key.0, key.1, now, audience);
+                            } else if changed {
                                 let frame = ServerFrame::Receipt {
                                     conversation_id: key.0,
                                     user_id: key.1,
@@ -515,7 +599,7 @@ impl Owner {
                                     read_seq: now.read_seq,
                                 };
                                 events.push(Publish {
-                                    audience: merged[&key].1.clone(),
+                                    audience,
                                     except: Audience::All,
                                     event: SessionEvent::Frame(frame.encode()),
                                 });
@@ -538,6 +622,54 @@ impl Owner {
                 answers.get(&key).cloned().unwrap_or_else(|| Err(Error::internal("receipt outcome missing")));
             let _ = reply.send(answer);
         }
+        self.publish(events).await;
+    }
+
+    /// Holds a group member's new watermarks for the group's next `receipts` push.
+    fn queue_group_receipt(
+        &mut self,
+        conversation: ConversationId,
+        user: UserId,
+        now: Watermarks,
+        audience: Arc<[UserId]>,
+    ) {
+        let entry = self
+            .group_receipts
+            .entry(conversation)
+            .or_insert_with(|| GroupReceipts { audience: audience.clone(), changes: HashMap::new() });
+        entry.audience = audience;
+        let slot = entry.changes.entry(user).or_default();
+        *slot = slot.merge(now);
+        if self.receipts_due.is_none() {
+            self.receipts_due = Some(Instant::now() + self.receipt_flush);
+        }
+    }
+
+    /// Pushes each group's waiting receipt changes as one `receipts` frame to its members.
+    async fn flush_group_receipts(&mut self) {
+        self.receipts_due = None;
+        let events: Vec<Publish> = self
+            .group_receipts
+            .drain()
+            .map(|(conversation_id, group)| {
+                let mut receipts: Vec<ReceiptEntry> = group
+                    .changes
+                    .into_iter()
+                    .map(|(user_id, w)| ReceiptEntry {
+                        user_id,
+                        delivered_seq: w.delivered_seq,
+                        read_seq: w.read_seq,
+                    })
+                    .collect();
+                receipts.sort_by_key(|r| r.user_id);
+                let frame = ServerFrame::Receipts { conversation_id, receipts };
+                Publish {
+                    audience: group.audience,
+                    except: Audience::All,
+                    event: SessionEvent::Frame(frame.encode()),
+                }
+            })
+            .collect();
         self.publish(events).await;
     }
 

@@ -1,5 +1,6 @@
 //! `DirectoryStore` on Cassandra: direct conversations (row first, pair claimed by LWT),
-//! members with watermarks, a user's conversations (driver-paged), posters.
+//! members with watermarks, a user's conversations (driver-paged), posters; groups delegate to
+//! `groups.rs`.
 
 use super::*;
 
@@ -57,14 +58,23 @@ impl DirectoryStore for CassandraStore {
                 (id.0,),
             )
             .await?;
-        Ok(rows.into_iter().next().map(|(id, kind, title, members, wrapped_key, created_at)| Conversation {
+        let Some((id, kind, title, members, wrapped_key, created_at)) = rows.into_iter().next() else {
+            return Ok(None);
+        };
+        let mut conversation = Conversation {
             id: ConversationId(id),
             kind: if kind == "group" { ConversationKind::Group } else { ConversationKind::Direct },
             title,
             members: members.unwrap_or_default().into_iter().map(UserId).collect(),
             wrapped_key,
             created_at,
-        }))
+            rotated_keys: Vec::new(),
+            deleted: false,
+        };
+        if conversation.kind == ConversationKind::Group {
+            c.fill_group_fields(&mut conversation).await?;
+        }
+        Ok(Some(conversation))
     }
 
     async fn direct_between(&self, a: UserId, b: UserId) -> StoreResult<Option<ConversationId>> {
@@ -78,18 +88,31 @@ impl DirectoryStore for CassandraStore {
     }
 
     async fn members(&self, id: ConversationId) -> StoreResult<Vec<Member>> {
-        let c = self.c()?;
-        let rows = c.paged_rows::<(Uuid, Option<i64>, Option<i64>)>(&c.st.members, (id.0,)).await?;
-        Ok(rows
-            .into_iter()
-            .map(|(user, delivered, read)| Member {
-                user_id: UserId(user),
-                watermarks: Watermarks {
-                    delivered_seq: delivered.unwrap_or(0) as u64,
-                    read_seq: read.unwrap_or(0) as u64,
-                },
-            })
-            .collect())
+        self.c()?.group_members(id).await
+    }
+
+    async fn member(&self, id: ConversationId, user: UserId) -> StoreResult<Option<Member>> {
+        self.c()?.group_member(id, user).await
+    }
+
+    async fn create_group(&self, conversation: &Conversation, members: &[MemberRecord]) -> StoreResult<()> {
+        self.c()?.create_group(conversation, members).await
+    }
+
+    async fn begin_group_update(&self, id: ConversationId, update: &GroupUpdate) -> StoreResult<()> {
+        self.c()?.begin_group_update(id, update).await
+    }
+
+    async fn pending_group_update(&self, id: ConversationId) -> StoreResult<Option<GroupUpdate>> {
+        self.c()?.pending_group_update(id).await
+    }
+
+    async fn apply_group_update(&self, id: ConversationId, update: &GroupUpdate) -> StoreResult<()> {
+        self.c()?.apply_group_update(id, update).await
+    }
+
+    async fn discard_group_update(&self, id: ConversationId, seq: u64) -> StoreResult<()> {
+        self.c()?.discard_group_update(id, seq).await
     }
 
     async fn user_conversations(&self, user: UserId) -> StoreResult<Vec<ConversationId>> {

@@ -10,6 +10,7 @@
 
 mod accounts;
 mod directory;
+mod groups;
 mod messages;
 mod schema;
 mod statements;
@@ -22,8 +23,8 @@ use super::{
 };
 use crate::config::StorageConfig;
 use crate::model::{
-    Conversation, ConversationId, ConversationKind, Device, DeviceId, Member, MessageId, MessageKind, Millis,
-    StoredMessage, User, UserId, Watermarks,
+    Conversation, ConversationId, ConversationKind, Device, DeviceId, GroupUpdate, Member, MemberRecord,
+    MessageId, MessageKind, Millis, StoredMessage, User, UserId, Watermarks,
 };
 use async_trait::async_trait;
 use futures_util::future::{join_all, try_join_all};
@@ -132,6 +133,7 @@ pub async fn connect(config: &CassandraConfig) -> StoreResult<Session> {
 struct Connected {
     session: Session,
     st: Statements,
+    gst: groups::GroupStatements,
     /// Buckets this process has recorded in `conversation_buckets`: the (idempotent) insert is
     /// skipped for them, saving a round trip per append. Bounded; cleared when full.
     known_buckets: Mutex<std::collections::HashSet<(Uuid, i64)>>,
@@ -315,7 +317,8 @@ impl CassandraStore {
             }
         }
         let st = Statements::prepare(&session, &config.keyspace).await?;
-        Ok(Connected { session, st, known_buckets: Mutex::new(std::collections::HashSet::new()) })
+        let gst = groups::GroupStatements::prepare(&session, &config.keyspace).await?;
+        Ok(Connected { session, st, gst, known_buckets: Mutex::new(std::collections::HashSet::new()) })
     }
 
     fn c(&self) -> StoreResult<Arc<Connected>> {

@@ -9,8 +9,10 @@ use scylla::client::session::Session;
 /// The schema version `schema.cql` creates; the node refuses to serve with another.
 /// 2 added `device_seen` and `meta`; every table is `CREATE ... IF NOT EXISTS`, so applying
 /// the schema again upgrades a version 1 keyspace. 3 added the owner epochs (`messages.epoch`,
-/// the static `messages.owner_epoch`, `conversation_owners`) for cluster fencing.
-pub const SCHEMA_VERSION: i32 = 3;
+/// the static `messages.owner_epoch`, `conversation_owners`) for cluster fencing. 4 added
+/// groups: member records on `members`, `conversations.deleted` and `.pending`,
+/// `conversation_keys`.
+pub const SCHEMA_VERSION: i32 = 4;
 const SCHEMA: &str = include_str!("../../../schema.cql");
 
 /// Applies `schema.cql` (idempotent) and records its version.

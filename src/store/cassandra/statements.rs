@@ -37,7 +37,6 @@ pub(super) struct Statements {
     pub(super) conversation: PreparedStatement,
     pub(super) insert_member: PreparedStatement,
     pub(super) insert_user_conversation: PreparedStatement,
-    pub(super) members: PreparedStatement,
     pub(super) member: PreparedStatement,
     pub(super) user_conversations: PreparedStatement,
     pub(super) newest_bucket: PreparedStatement,
@@ -136,7 +135,6 @@ impl Statements {
                 true,
             )
             .await?,
-            members: p(format!("SELECT user_id, delivered_seq, read_seq FROM {ks}.members WHERE conversation_id = ?"), true).await?,
             member: p(
                 format!("SELECT delivered_seq, read_seq FROM {ks}.members WHERE conversation_id = ? AND user_id = ?"),
                 true,

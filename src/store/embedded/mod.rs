@@ -3,6 +3,7 @@
 //! commit); read-modify-write rules (unique usernames, one direct conversation per pair,
 //! monotonic watermarks) are serialised by one mutex.
 
+mod groups;
 mod reopen;
 
 use super::{
@@ -10,7 +11,8 @@ use super::{
     StoreResult,
 };
 use crate::model::{
-    Conversation, ConversationId, Device, DeviceId, Member, Millis, StoredMessage, User, UserId, Watermarks,
+    Conversation, ConversationId, Device, DeviceId, GroupUpdate, Member, MemberRecord, Millis, StoredMessage,
+    User, UserId, Watermarks,
 };
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -55,6 +57,14 @@ struct Inner {
     posters: Keyspace,
     /// conversation_id → owner epoch (u64 BE), raised by `claim`
     owners: Keyspace,
+    /// conversation_id ++ user_id → MemberRecord (groups only; a direct member has none)
+    member_records: Keyspace,
+    /// conversation_id ++ from_seq(BE) → wrapped key (keys after the first)
+    conversation_keys: Keyspace,
+    /// conversation_id → GroupUpdate: written before its system message, cleared once applied
+    group_pending: Keyspace,
+    /// conversation_id → (): deleted groups
+    groups_deleted: Keyspace,
     /// Serialises read-modify-write operations.
     rmw: Mutex<()>,
 }
@@ -180,6 +190,10 @@ impl Inner {
             meta: ks("meta")?,
             posters: ks("posters")?,
             owners: ks("owners")?,
+            member_records: ks("member_records")?,
+            conversation_keys: ks("conversation_keys")?,
+            group_pending: ks("group_pending")?,
+            groups_deleted: ks("groups_deleted")?,
             rmw: Mutex::new(()),
             db,
         })
@@ -406,7 +420,14 @@ impl DirectoryStore for EmbeddedStore {
     }
 
     async fn conversation(&self, id: ConversationId) -> StoreResult<Option<Conversation>> {
-        self.blocking(move |s| s.get(&s.conversations, id.as_bytes())).await
+        self.blocking(move |s| {
+            let Some(mut conversation) = s.get::<Conversation>(&s.conversations, id.as_bytes())? else {
+                return Ok(None);
+            };
+            s.fill_group_fields(&mut conversation)?;
+            Ok(Some(conversation))
+        })
+        .await
     }
 
     async fn direct_between(&self, a: UserId, b: UserId) -> StoreResult<Option<ConversationId>> {
@@ -425,14 +446,43 @@ impl DirectoryStore for EmbeddedStore {
             let mut out = Vec::new();
             for guard in s.members.prefix(id.as_bytes()) {
                 let (key, value) = guard.into_inner().map_err(unavailable)?;
+                let user_id = UserId::from_bytes(id_suffix(&key)?);
                 out.push(Member {
-                    user_id: UserId::from_bytes(id_suffix(&key)?),
+                    user_id,
                     watermarks: decode(&value)?,
+                    record: s.member_record(&key, user_id)?,
                 });
             }
             Ok(out)
         })
         .await
+    }
+
+    async fn member(&self, id: ConversationId, user: UserId) -> StoreResult<Option<Member>> {
+        self.blocking(move |s| s.one_member(id, user)).await
+    }
+
+    async fn create_group(&self, conversation: &Conversation, members: &[MemberRecord]) -> StoreResult<()> {
+        let (conversation, members) = (conversation.clone(), members.to_vec());
+        self.blocking(move |s| s.create_group(&conversation, &members)).await
+    }
+
+    async fn begin_group_update(&self, id: ConversationId, update: &GroupUpdate) -> StoreResult<()> {
+        let update = update.clone();
+        self.blocking(move |s| s.begin_group_update(id, &update)).await
+    }
+
+    async fn pending_group_update(&self, id: ConversationId) -> StoreResult<Option<GroupUpdate>> {
+        self.blocking(move |s| s.get(&s.group_pending, id.as_bytes())).await
+    }
+
+    async fn apply_group_update(&self, id: ConversationId, update: &GroupUpdate) -> StoreResult<()> {
+        let update = update.clone();
+        self.blocking(move |s| s.apply_group_update(id, &update)).await
+    }
+
+    async fn discard_group_update(&self, id: ConversationId, seq: u64) -> StoreResult<()> {
+        self.blocking(move |s| s.discard_group_update(id, seq)).await
     }
 
     async fn user_conversations(&self, user: UserId) -> StoreResult<Vec<ConversationId>> {
