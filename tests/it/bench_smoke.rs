@@ -1,8 +1,9 @@
 //! The load generator's smoke run (`switchboard-bench run --quick`): every scenario at small
 //! size against the real binary, so the tool cannot rot. It checks behaviour only — results
-//! written, every step valid (per pair scheduled = sent = acked = delivered, no error frames,
-//! no pending history request), the verdict in summary.md and the exit status, S7's
-//! measurements present — never timing, and not S7's expectations of the server.
+//! written, every step valid (per pair scheduled = sent = acked = delivered, every group
+//! member has every message once, no error frames, no pending history request), the verdict
+//! in summary.md and the exit status, S7's measurements present — never timing, and not S7's
+//! expectations of the server.
 
 use serde_json::Value;
 
@@ -46,7 +47,18 @@ fn quick_run_writes_results_and_loses_nothing() {
     assert_eq!(history["errors"], 0, "{history}");
     assert_eq!(history["pending"], 0, "{history}");
     assert_eq!(history["latency_us"]["count"], history["requests"], "{history}");
-    assert_eq!(results["skipped"][0]["scenario"], "s4");
+    let groups = results["group_fanout"].as_array().unwrap();
+    assert!(!groups.is_empty(), "{}", results["group_fanout"]);
+    for step in groups {
+        assert_eq!(step["valid"], true, "{step}");
+        assert_eq!(step["errors"], serde_json::json!({}), "{step}");
+        assert_eq!(step["sent"], step["scheduled"], "{step}");
+        assert_eq!(step["acked"], step["sent"], "{step}");
+        assert_eq!(step["delivered"], step["expected_deliveries"], "{step}");
+        for counter in ["lost", "duplicated", "reordered"] {
+            assert_eq!(step[counter], 0, "{counter}: {step}");
+        }
+    }
 
     // S7 measures; whether the server met its expectations is not this test's business.
     let slow = &results["slow_consumer"][0];

@@ -13,6 +13,8 @@
 //! run completed but the verdict is FAIL (results are still written), 1 when it could not run.
 
 mod cluster;
+mod groups;
+mod groups_report;
 mod pairs;
 mod report;
 mod scenarios;

@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-fn now_ns(base: Instant) -> u64 {
+/// Nanoseconds since `base` (the clock of every scheduled send time in a payload).
+pub(crate) fn now_ns(base: Instant) -> u64 {
     base.elapsed().as_nanos() as u64
 }
 
@@ -188,16 +189,54 @@ pub fn body(pair: usize, step: u64, k: u64, due_ns: u64, payload: usize) -> Stri
     b
 }
 
+/// The fields of a payload made by `body`: (pair, step, k, due_ns); `None` when it is not one.
+pub(crate) fn parse_body(body: &str) -> Option<(u64, u64, u64, u64)> {
+    let mut parts = body.split(' ').map(str::parse::<u64>);
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(Ok(p)), Some(Ok(step)), Some(Ok(k)), Some(Ok(due))) => Some((p, step, k, due)),
+        _ => None,
+    }
+}
+
+/// How a connection ended, as an error key (`close:<code>`, `ws_error:…`, `eof`); `None` when
+/// `msg` is an ordinary frame.
+pub(crate) fn end_reason(
+    msg: &Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+) -> Option<String> {
+    match msg {
+        Some(Ok(Message::Close(Some(frame)))) => Some(format!("close:{}", u16::from(frame.code))),
+        Some(Ok(Message::Close(None))) => Some("close:none".into()),
+        Some(Err(e)) => Some(format!("ws_error:{e}")),
+        None => Some("eof".into()),
+        Some(Ok(_)) => None,
+    }
+}
+
 /// Counts how a connection ended (close frame or transport error) into the current step.
 fn note_end(stats: &Shared, msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) {
-    let what = match msg {
-        Some(Ok(Message::Close(Some(frame)))) => format!("close:{}", u16::from(frame.code)),
-        Some(Ok(Message::Close(None))) => "close:none".into(),
-        Some(Err(e)) => format!("ws_error:{e}"),
-        None => "eof".into(),
-        Some(Ok(_)) => return,
-    };
-    bump(&mut stats.lock().unwrap().errors, what);
+    if let Some(what) = end_reason(&msg) {
+        bump(&mut stats.lock().unwrap().errors, what);
+    }
+}
+
+/// Waits until `state()` — (settled, a progress counter) — says settled, `limit` has passed,
+/// or the counter has not moved for `QUIET` (a system still catching up keeps the wait open,
+/// up to `limit`).
+pub(crate) async fn wait_settled(limit: Duration, state: impl Fn() -> (bool, u64)) {
+    let deadline = Instant::now() + limit;
+    let mut last = (Instant::now(), state().1);
+    loop {
+        let (settled, progress) = state();
+        if settled || Instant::now() >= deadline {
+            return;
+        }
+        if progress != last.1 {
+            last = (Instant::now(), progress);
+        } else if last.0.elapsed() >= QUIET {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// How one side of a pair (re)connects.
@@ -374,24 +413,12 @@ impl Pairs {
         // Wait for the last acks and deliveries: until every pair is settled, `drain` has
         // passed, or nothing has moved for `QUIET` (an overloaded system still catching up
         // keeps the step open, up to `drain`).
-        let deadline = Instant::now() + self.drain;
         let progress = |s: &StepStats| s.pairs.iter().map(|p| p.acked + p.delivered).sum::<u64>();
-        let mut last = (Instant::now(), progress(&self.stats.lock().unwrap()));
-        loop {
-            let (settled, now_progress) = {
-                let s = self.stats.lock().unwrap();
-                (s.settled(), progress(&s))
-            };
-            if settled || Instant::now() >= deadline {
-                break;
-            }
-            if now_progress != last.1 {
-                last = (Instant::now(), now_progress);
-            } else if last.0.elapsed() >= QUIET {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let state = || {
+            let s = self.stats.lock().unwrap();
+            (s.settled(), progress(&s))
+        };
+        wait_settled(self.drain, state).await;
         // Resilient: what was acked but not pushed live (a live push lost between nodes is
         // filled only when a later message arrives) is read by one sync of every receiver;
         // counted apart (`delivered_by_catch_up_sync`). Lost is what even that does not bring.
@@ -400,17 +427,7 @@ impl Pairs {
             for tx in &self.catch_up {
                 let _ = tx.send(());
             }
-            let deadline = Instant::now() + Duration::from_secs(30);
-            let mut last = (Instant::now(), progress(&self.stats.lock().unwrap()));
-            while Instant::now() < deadline && !self.stats.lock().unwrap().settled() {
-                let p = progress(&self.stats.lock().unwrap());
-                if p != last.1 {
-                    last = (Instant::now(), p);
-                } else if last.0.elapsed() >= QUIET {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            wait_settled(Duration::from_secs(30), state).await;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         let cpu = sut.cpu_secs() - cpu_before;
@@ -740,10 +757,7 @@ async fn receive_loop(
                             held += 1;
                         }
                     }
-                    let mut parts = body.split(' ').map(str::parse::<u64>);
-                    let (Some(Ok(p)), Some(Ok(step)), Some(Ok(k)), Some(Ok(due))) =
-                        (parts.next(), parts.next(), parts.next(), parts.next())
-                    else {
+                    let Some((p, step, k, due)) = parse_body(&body) else {
                         bump(&mut stats.lock().unwrap().errors, "unparsable_delivery");
                         continue;
                     };

@@ -4,6 +4,7 @@
 
 use crate::Failure;
 use crate::cluster::FailoverResult;
+use crate::groups_report::{self, GroupFanoutResult};
 use crate::target::{Kind, Sut};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -408,6 +409,8 @@ pub struct Results {
     pub idle: Vec<IdleResult>,
     pub latency: Vec<LatencyResult>,
     pub history: Vec<HistoryResult>,
+    /// S4: one per target and group size.
+    pub group_fanout: Vec<GroupFanoutResult>,
     pub slow_consumer: Vec<SlowConsumerResult>,
     /// S9 b/c: idle clients through the load balancer, a node killed, Redis commands.
     pub cluster: Vec<FailoverResult>,
@@ -432,6 +435,7 @@ impl Results {
             idle: Vec::new(),
             latency: Vec::new(),
             history: Vec::new(),
+            group_fanout: Vec::new(),
             slow_consumer: Vec::new(),
             cluster: Vec::new(),
             skipped: Vec::new(),
@@ -566,6 +570,7 @@ pub fn markdown(r: &Results) -> String {
             );
         }
     }
+    groups_report::markdown(&mut md, &r.group_fanout);
     if !r.history.is_empty() {
         let _ = writeln!(md, "\n## S6 history page (50 messages)\n");
         let _ = writeln!(
@@ -803,6 +808,7 @@ fn ratios(md: &mut String, r: &Results) {
             l.server_cpu_us_per_delivery / c.server_cpu_us_per_delivery.max(0.001)
         ));
     }
+    lines.extend(groups_report::ratio_lines(&r.group_fanout));
     if !lines.is_empty() {
         let _ = writeln!(md, "\n## switchboard / Centrifugo (lower is better; same run)\n");
         let _ = writeln!(md, "| measure | switchboard | Centrifugo | ratio |");

@@ -1,9 +1,10 @@
 //! The run (`switchboard-bench run`): its options, the order of the named scenarios and the
 //! run's verdict; and the scenarios S1 idle connections (memory per connection), S2 1:1
-//! delivery latency at steady rates, S3 durable throughput under a p99 bound, S4 group fan-out
-//! (skipped until groups exist), S6 history page latency. S7 (slow consumer) lives in
-//! `slow.rs`. Every run is bounded in time and count; every step's counters start at zero.
+//! delivery latency at steady rates, S3 durable throughput under a p99 bound, S6 history page
+//! latency. S4 (group fan-out) lives in `groups.rs`, S7 (slow consumer) in `slow.rs`. Every
+//! run is bounded in time and count; every step's counters start at zero.
 
+use crate::groups::{FanOut, GroupPlan};
 pub use crate::pairs::new_histogram;
 use crate::pairs::{PairOptions, Pairs, Placement, body};
 use crate::report::{
@@ -71,7 +72,7 @@ pub struct RunArgs {
     /// S9: seconds of each idle Redis measurement.
     #[arg(long, default_value_t = 10)]
     s9_idle_secs: u64,
-    /// Systems to measure; centrifugo runs S1 and S2 (needs --centrifugo-bin).
+    /// Systems to measure; centrifugo runs S1, S2 and S4 (needs --centrifugo-bin).
     #[arg(long, value_delimiter = ',', default_value = "switchboard")]
     targets: Vec<Kind>,
     /// Output folder (default bench-results/run-<time>).
@@ -100,6 +101,17 @@ pub struct RunArgs {
     /// Seconds per rate step.
     #[arg(long)]
     step_secs: Option<u64>,
+    /// S4: group sizes, one step each (members, each with one receiving connection; default
+    /// 10,100,1000; quick 5,20).
+    #[arg(long, value_delimiter = ',')]
+    s4_members: Option<Vec<usize>>,
+    /// S4: offered deliveries per second of every step; the sender sends this / members
+    /// msgs/s (default 50,000; quick 2,000).
+    #[arg(long)]
+    s4_deliveries: Option<u64>,
+    /// S4: seconds per group size (default --step-secs).
+    #[arg(long)]
+    s4_step_secs: Option<u64>,
     /// Core the server is pinned to; the generator takes `client_cpu`.
     #[arg(long, default_value_t = 0)]
     server_cpu: usize,
@@ -160,6 +172,9 @@ struct Sizes {
     rates: Vec<u64>,
     s3_rates: Vec<u64>,
     step: Duration,
+    s4_members: Vec<usize>,
+    s4_deliveries: u64,
+    s4_step: Duration,
     history_messages: u64,
     history_rate: u64,
     s7_idle: usize,
@@ -188,6 +203,17 @@ impl RunArgs {
                 vec![5_000, 10_000, 15_000, 20_000, 30_000, 40_000, 60_000]
             },
             step: Duration::from_secs(self.step_secs.unwrap_or(if quick { 2 } else { 15 })),
+            s4_members: self.s4_members.clone().unwrap_or(if quick {
+                vec![5, 20]
+            } else {
+                vec![10, 100, 1_000]
+            }),
+            s4_deliveries: self.s4_deliveries.unwrap_or(if quick { 2_000 } else { 50_000 }),
+            s4_step: Duration::from_secs(self.s4_step_secs.or(self.step_secs).unwrap_or(if quick {
+                2
+            } else {
+                15
+            })),
             history_messages: if quick { 300 } else { 5_000 },
             history_rate: if quick { 100 } else { 1_000 },
             s7_idle: self.s7_idle.unwrap_or(if quick { 50 } else { 1_000 }),
@@ -276,6 +302,10 @@ pub async fn run(args: RunArgs) -> Result<bool, Failure> {
             let outcome = runner.s2_s3(kind, &mut results).await;
             completed(&mut results, kind, "S2/S3", outcome);
         }
+        if wanted("s4") {
+            let outcome = runner.s4(kind, &mut results).await;
+            completed(&mut results, kind, "S4", outcome);
+        }
         if wanted("s6") && kind == Kind::Switchboard {
             let outcome = runner.s6(kind, &mut results).await;
             completed(&mut results, kind, "S6", outcome);
@@ -287,13 +317,6 @@ pub async fn run(args: RunArgs) -> Result<bool, Failure> {
         if wanted("s9") && kind == Kind::Switchboard && external {
             let outcome = runner.s9(&mut results).await;
             completed(&mut results, kind, "S9", outcome);
-        }
-        if wanted("s4") {
-            results.skipped.push(Skipped {
-                target: kind,
-                scenario: "s4".into(),
-                reason: "group conversations are not implemented yet (groups issue)".into(),
-            });
         }
     }
     let _ = std::fs::remove_dir_all(runner.work.join("switchboard"));
@@ -439,6 +462,50 @@ impl Runner {
         }
         pairs.close();
         sut.stop(&self.out, &format!("{kind:?}-s2-s3").to_lowercase()).await;
+        Ok(())
+    }
+
+    /// S4 group fan-out: one step per group size (`groups.rs`); the issue's targets for
+    /// switchboard are notes, not the verdict.
+    async fn s4(&self, kind: Kind, results: &mut Results) -> Result<(), Failure> {
+        let sizes = &self.sizes;
+        let plan = GroupPlan {
+            members: sizes.s4_members.clone(),
+            deliveries_per_sec: sizes.s4_deliveries,
+            step: sizes.s4_step,
+            payload: self.args.payload,
+            user_prefix: self.user("g_"),
+        };
+        let sut = self.start(kind).await?;
+        results.note_version(&sut);
+        eprintln!(
+            "[{kind:?}] S4: groups of {:?}, {} deliveries/s offered",
+            plan.members, plan.deliveries_per_sec
+        );
+        let fan_out = FanOut::prepare(&sut, &plan).await?;
+        for &n in &plan.members {
+            eprintln!("[{kind:?}] S4: {n} members at {} msgs/s for {:?}", plan.rate(n), plan.step);
+            let r = fan_out.step(&sut, &plan, n).await?;
+            eprintln!("  {}", r.one_line());
+            if !r.valid {
+                results.fail(format!(
+                    "{} S4 at {n} members: {}",
+                    report_name(kind),
+                    r.invalid_reasons.join("; ")
+                ));
+            }
+            for c in r.expectations.iter().filter(|c| !c.met) {
+                results.note(format!(
+                    "{} S4 target not met: {} (expected {}; observed {})",
+                    report_name(kind),
+                    c.name,
+                    c.expected,
+                    c.observed
+                ));
+            }
+            results.group_fanout.push(r);
+        }
+        sut.stop(&self.out, &format!("{kind:?}-s4").to_lowercase()).await;
         Ok(())
     }
 
@@ -651,18 +718,29 @@ const REGISTRATIONS_PER_SOURCE: usize = 10;
 
 /// Registers a bench user; switchboard only: (user id, token).
 pub async fn register(base: &str, name: &str) -> Result<(String, String), Failure> {
+    account_request(base, "register", name).await
+}
+
+/// Logs a bench user in again: a new device of it; switchboard only: (user id, token).
+pub async fn login(base: &str, name: &str) -> Result<(String, String), Failure> {
+    account_request(base, "login", name).await
+}
+
+/// `POST /v1/<action>` (register or login) with a bench user's credentials, from the next
+/// registration source address: (user id, token).
+async fn account_request(base: &str, action: &str, name: &str) -> Result<(String, String), Failure> {
     let n = REGISTRATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let source = IpAddr::from([127, 0, 0, (100 + (n / REGISTRATIONS_PER_SOURCE) % 150) as u8]);
     let http = target::http_client_from(Some(source))?;
     let resp = http
-        .post(format!("{base}/v1/register"))
+        .post(format!("{base}/v1/{action}"))
         .json(&json!({"username": name, "password": "bench password 1"}))
         .send()
         .await
-        .map_err(|e| format!("register {name}: {e}"))?;
+        .map_err(|e| format!("{action} {name}: {e}"))?;
     let status = resp.status();
-    let v: Value = resp.json().await.map_err(|e| format!("register {name}: HTTP {status}: {e}"))?;
-    let token = v["token"].as_str().ok_or_else(|| format!("register {name}: HTTP {status} {v}"))?.to_owned();
+    let v: Value = resp.json().await.map_err(|e| format!("{action} {name}: HTTP {status}: {e}"))?;
+    let token = v["token"].as_str().ok_or_else(|| format!("{action} {name}: HTTP {status} {v}"))?.to_owned();
     Ok((v["user_id"].as_str().unwrap_or_default().to_owned(), token))
 }
 
