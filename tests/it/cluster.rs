@@ -211,8 +211,63 @@ async fn cluster_messages_and_presence_cross_nodes() {
     b.close().await;
     let p = a.expect("presence").await;
     assert_eq!((p["online"].as_bool(), p["last_seen"].is_number()), (Some(false), true), "{p}");
-    let _b3 = Ws::try_connect(&cluster.addr(2), &bob, WAIT).await.expect("bob on node3");
+    let mut b3 = Ws::try_connect(&cluster.addr(2), &bob, WAIT).await.expect("bob on node3");
     assert_eq!(a.expect("presence").await["online"], true);
+    // A group across the three nodes: changes made through any node go to the group's owner
+    // node; messages reach members on every node; a removal made on one node stops delivery
+    // to a member on another at once.
+    let carol = Api::at(&cluster.addr(1)).register("carol").await;
+    let mut c = Ws::try_connect(&cluster.addr(1), &carol, WAIT).await.expect("carol on node2");
+    for s in [&mut b3, &mut c] {
+        s.send(json!({"type":"sync","id":"s","cursors":{}})).await;
+        s.expect("sync_done").await;
+    }
+    let (status, v) = api
+        .post(
+            "/v1/conversations/group",
+            Some(&alice.token),
+            json!({"title": "three nodes", "members": [bob.user_id, carol.user_id]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let group = v["conversation_id"].as_str().unwrap().to_owned();
+    for i in 0..NODES {
+        let (status, v) = Api::at(&cluster.addr(i))
+            .call("PATCH", &format!("/v1/conversations/{group}"), &alice.token, Some(json!({"title": format!("via node{}", i + 1)})))
+            .await;
+        assert_eq!(status, 200, "rename through node{}: {v}", i + 1);
+    }
+    let sent = a.send_message(&group, "g1", "to the group").await;
+    for s in [&mut b3, &mut c] {
+        loop {
+            let m = s.expect("message").await;
+            if m["seq"] == sent["seq"] {
+                assert_eq!(m["body"], "to the group");
+                break;
+            }
+        }
+    }
+    let (status, v) = Api::at(&cluster.addr(2))
+        .call("DELETE", &format!("/v1/conversations/{group}/members/{}", carol.user_id), &alice.token, None)
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let removal = v["seq"].as_u64().unwrap();
+    loop {
+        if c.expect("message").await["seq"].as_u64() == Some(removal) {
+            break;
+        }
+    }
+    let after = a.send_message(&group, "g2", "carol is gone").await;
+    loop {
+        if b3.expect("message").await["seq"] == after["seq"] {
+            break;
+        }
+    }
+    c.expect_none("message", Duration::from_millis(500)).await;
+    let (status, _) = Api::at(&cluster.addr(1))
+        .get(&format!("/v1/conversations/{group}/messages/{}/receipts", after["seq"]), Some(&carol.token))
+        .await;
+    assert_eq!(status, 403, "a removed member reads nothing after the removal, on any node");
     // Delivery went once per node, not per session.
     let mut deliveries = 0;
     for i in 0..NODES {
