@@ -233,7 +233,12 @@ async fn cluster_messages_and_presence_cross_nodes() {
     let group = v["conversation_id"].as_str().unwrap().to_owned();
     for i in 0..NODES {
         let (status, v) = Api::at(&cluster.addr(i))
-            .call("PATCH", &format!("/v1/conversations/{group}"), &alice.token, Some(json!({"title": format!("via node{}", i + 1)})))
+            .call(
+                "PATCH",
+                &format!("/v1/conversations/{group}"),
+                &alice.token,
+                Some(json!({"title": format!("via node{}", i + 1)})),
+            )
             .await;
         assert_eq!(status, 200, "rename through node{}: {v}", i + 1);
     }

@@ -411,3 +411,76 @@ async fn a_thousand_member_group_delivers_every_message_to_every_online_member_o
         sent_at.elapsed()
     );
 }
+
+async fn slow_consumers_closed(server: &Server) -> u64 {
+    let (_, text) = server.api().get_text("/metrics").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix("switchboard_slow_consumers_closed_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_member_who_stops_reading_is_cut_off_alone_and_presence_goes_only_to_subscribers() {
+    let env = [
+        ("SWITCHBOARD_RATE_PER_SEC", "2000"),
+        ("SWITCHBOARD_RATE_BURST", "2000"),
+        ("SWITCHBOARD_WRITE_STALL_MS", "3000"),
+    ];
+    let server = Server::start_env(&env).await;
+    let api = server.api();
+    let (owner, fast, slow, late) = (
+        api.register("gown").await,
+        api.register("gfast").await,
+        api.register("gslow").await,
+        api.register("glate").await,
+    );
+    let g = create(&api, &owner, "flood", &[&fast, &slow, &late]).await;
+    let (mut o, mut f) = (online(&server, &owner).await, online(&server, &fast).await);
+    let _slow = online(&server, &slow).await; // never read from again
+    // 400 messages of 60 KiB: 24 MB for each member, far past the slow one's output bound
+    // (2 × 4 MiB, or no progress for 3 s).
+    const FLOOD: usize = 400;
+    let body = "x".repeat(60 * 1024);
+    let started = std::time::Instant::now();
+    let group = g.clone();
+    let sending = tokio::spawn(async move {
+        // Paced (6 MB/s), so a member who reads keeps up; one who does not falls behind.
+        for i in 0..FLOOD {
+            o.send(
+                json!({"type":"send","conversation_id":group,"client_msg_id":format!("f{i}"),"body":body}),
+            )
+            .await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for _ in 0..FLOOD {
+            o.expect("sent").await;
+        }
+        o
+    });
+    let mut last = 1; // the creation message
+    while last < FLOOD as u64 + 1 {
+        let m = f.expect("message").await;
+        assert_eq!(m["seq"].as_u64(), Some(last + 1), "in order, no gap");
+        last += 1;
+    }
+    let fast_done = started.elapsed();
+    let mut o = sending.await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while slow_consumers_closed(&server).await < 1 {
+        assert!(std::time::Instant::now() < deadline, "the member who stopped reading was never cut off");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "a member read {FLOOD} × 60 KiB in {fast_done:?} while another stopped reading (closed with 4008)"
+    );
+
+    // Presence: the owner subscribes to the fast member (who has posted in the group) and to
+    // nobody else; a member coming online is pushed to no one who did not subscribe.
+    f.send_message(&g, "hi", "hi").await;
+    o.send(json!({"type":"presence_subscribe","id":"p","user_ids":[fast.user_id]})).await;
+    assert_eq!(o.expect("presence").await["user_id"], fast.user_id.as_str());
+    let _late = online(&server, &late).await;
+    f.expect_none("presence", Duration::from_millis(500)).await;
+    o.expect_none("presence", Duration::from_millis(200)).await;
+}

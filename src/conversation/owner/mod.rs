@@ -160,6 +160,8 @@ type ClientKey = (ConversationId, UserId, String);
 type Receipt = (UserId, ConversationId, Watermarks, oneshot::Sender<Result<()>>);
 /// One member of one conversation.
 type MemberKey = (ConversationId, UserId);
+/// Who hears of a receipt (the conversation's members), and whether it is a group's.
+type ReceiptAudience = (Arc<[UserId]>, bool);
 
 /// A send from a member, not yet checked against the store.
 struct Candidate {
@@ -548,7 +550,7 @@ impl Owner {
         if receipts.is_empty() {
             return;
         }
-        let mut merged: HashMap<MemberKey, (Watermarks, (Arc<[UserId]>, bool))> = HashMap::new();
+        let mut merged: HashMap<MemberKey, (Watermarks, ReceiptAudience)> = HashMap::new();
         let mut waiting: Vec<(MemberKey, oneshot::Sender<Result<()>>)> = Vec::new();
         for (user, conversation, to, reply) in receipts {
             let checked = async {
