@@ -5,6 +5,7 @@
 //! online member exactly once. Key rotation is checked in-process on the stored bytes.
 
 use super::harness::{Account, Api, Server, Ws, all_messages};
+use futures_util::SinkExt;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -347,6 +348,7 @@ async fn group_receipts_are_pushed_together_and_say_who_read() {
 async fn a_thousand_member_group_delivers_every_message_to_every_online_member_once() {
     const MEMBERS: usize = 1000;
     const MESSAGES: usize = 5;
+    let _heavy = super::harness::HEAVY.lock().await;
     let server = Arc::new(Server::start_env(&[("SWITCHBOARD_RATE_PER_SEC", "1000")]).await);
     let api = Arc::new(server.api());
     let started = std::time::Instant::now();
@@ -436,22 +438,29 @@ async fn a_member_who_stops_reading_is_cut_off_alone_and_presence_goes_only_to_s
         api.register("glate").await,
     );
     let g = create(&api, &owner, "flood", &[&fast, &slow, &late]).await;
+    let _heavy = super::harness::HEAVY.lock().await;
     let (mut o, mut f) = (online(&server, &owner).await, online(&server, &fast).await);
-    let _slow = online(&server, &slow).await; // never read from again
-    // 400 messages of 60 KiB: 24 MB for each member, far past the slow one's output bound
-    // (2 × 4 MiB, or no progress for 3 s).
-    const FLOOD: usize = 400;
-    let body = "x".repeat(60 * 1024);
+    // The slow member: a tiny receive buffer, asks to sync (so live messages flow) and never
+    // reads again.
+    let mut slow_ws = super::hostile::non_reading_client(&server, &slow).await;
+    slow_ws
+        .send(tokio_tungstenite::tungstenite::Message::text(json!({"type":"sync","cursors":{}}).to_string()))
+        .await
+        .unwrap();
+    // 300 messages of 30 KiB, paced over about 6 s (1.5 MB/s, which a reading member keeps up
+    // with even on a busy machine): the slow member's output makes no progress for longer
+    // than `write_stall_ms` (3 s) and is cut off.
+    const FLOOD: usize = 300;
+    let body = "x".repeat(30 * 1024);
     let started = std::time::Instant::now();
     let group = g.clone();
     let sending = tokio::spawn(async move {
-        // Paced (6 MB/s), so a member who reads keeps up; one who does not falls behind.
         for i in 0..FLOOD {
             o.send(
                 json!({"type":"send","conversation_id":group,"client_msg_id":format!("f{i}"),"body":body}),
             )
             .await;
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         for _ in 0..FLOOD {
             o.expect("sent").await;
@@ -472,9 +481,10 @@ async fn a_member_who_stops_reading_is_cut_off_alone_and_presence_goes_only_to_s
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     eprintln!(
-        "a member read {FLOOD} × 60 KiB in {fast_done:?} while another stopped reading (closed with 4008)"
+        "a member read {FLOOD} × 30 KiB in {fast_done:?} while another stopped reading (closed with 4008)"
     );
 
+    drop(slow_ws);
     // Presence: the owner subscribes to the fast member (who has posted in the group) and to
     // nobody else; a member coming online is pushed to no one who did not subscribe.
     f.send_message(&g, "hi", "hi").await;
@@ -483,4 +493,40 @@ async fn a_member_who_stops_reading_is_cut_off_alone_and_presence_goes_only_to_s
     let _late = online(&server, &late).await;
     f.expect_none("presence", Duration::from_millis(500)).await;
     o.expect_none("presence", Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn sessions_that_come_and_go_in_a_large_group_get_every_later_message() {
+    // Nine members: the Registry indexes the group's sessions (audiences of 8 or more); a
+    // session that connects or leaves after the index was built must be counted from then on.
+    let server = Server::start().await;
+    let api = server.api();
+    let mut members = Vec::new();
+    for i in 0..9 {
+        members.push(api.register(&format!("idx{i}")).await);
+    }
+    let owner = &members[0];
+    let g = create(&api, owner, "index", &members[1..].iter().collect::<Vec<_>>()).await;
+    let mut sender = online(&server, owner).await;
+    let mut early = online(&server, &members[1]).await;
+    let leaver = online(&server, &members[2]).await;
+    sender.send_message(&g, "m1", "one").await; // builds the index
+    // A new session of a member, and a second device of one already online.
+    let mut late = online(&server, &members[3]).await;
+    let second_device = api.login(&members[1].username).await;
+    let mut early2 = online(&server, &second_device).await;
+    leaver.close().await;
+    sender.send_message(&g, "m2", "two").await;
+    for ws in [&mut early, &mut late, &mut early2] {
+        loop {
+            let m = ws.expect("message").await;
+            if m["body"] == "two" {
+                break;
+            }
+        }
+    }
+    sender.send_message(&g, "m3", "three").await;
+    for ws in [&mut early, &mut late, &mut early2] {
+        assert_eq!(ws.expect("message").await["body"], "three");
+    }
 }

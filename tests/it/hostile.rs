@@ -18,7 +18,7 @@ const FAST: [(&str, &str); 3] = [
 ];
 
 /// A WebSocket client with a tiny receive buffer that sends and never reads.
-async fn non_reading_client(
+pub(crate) async fn non_reading_client(
     server: &Server,
     account: &Account,
 ) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
