@@ -155,7 +155,7 @@ export class App implements Actions {
     const now = Date.now();
     switch (f.type) {
       case 'message': {
-        const out = s.applyMessage(f, 'live');
+        const out = s.applyMessage(f);
         if (out.unknownConversation) this.scheduleListRefresh();
         if (out.groupChanged && f.conversation_id === s.openId) void this.refreshMembers(f.conversation_id);
         if (!s.isMe(f.author_id) && f.kind === 'text' && !s.presence.has(f.author_id)) {
@@ -284,6 +284,9 @@ export class App implements Actions {
       const r = await this.api.conversations();
       if (gen !== this.generation) return;
       this.state.loadConversations(r.conversations);
+      // Peers of chats new to the client: their presence (the server ignores those who never
+      // posted in a shared conversation; a later message from them subscribes again).
+      this.subscribePresence(this.state.directPeers().filter((u) => !this.state.presence.has(u)));
       this.scheduleReceipts();
       this.requestRender();
     } catch (e) {
@@ -315,7 +318,7 @@ export class App implements Actions {
     try {
       const r = await this.api.history(conversationId, before, HISTORY_PAGE);
       if (gen !== this.generation) return;
-      this.state.applyHistory(conversationId, r.messages, r.has_more, newest || before === null);
+      this.state.applyHistory(conversationId, r.messages, r.has_more, newest || before === null ? 'newest' : 'older');
     } catch (e) {
       if (gen !== this.generation) return;
       this.showNotice(`Could not load messages: ${describeError(e)}`);
@@ -323,6 +326,21 @@ export class App implements Actions {
       c.loadingHistory = false;
       this.scheduleReceipts();
       this.requestRender();
+    }
+  }
+
+  /** Reads message `seq` by history: the system message of this device's own group change
+   *  (the server sends it live to every device but the one that made the change). */
+  private async fetchSeq(conversationId: string, seq: number): Promise<void> {
+    const gen = this.generation;
+    try {
+      const r = await this.api.history(conversationId, seq + 1, 1);
+      if (gen !== this.generation) return;
+      this.state.applyHistory(conversationId, r.messages, r.has_more, 'fill');
+      this.scheduleReceipts();
+      this.requestRender();
+    } catch {
+      // it comes with the next sync
     }
   }
 
@@ -427,8 +445,9 @@ export class App implements Actions {
     try {
       const ids = await this.resolve([username]);
       if (!ids || gen !== this.generation) return false;
-      await this.api.addMembers(id, ids);
+      const change = await this.api.addMembers(id, ids);
       if (gen !== this.generation) return false;
+      void this.fetchSeq(id, change.seq);
       void this.refreshMembers(id);
       return true;
     } catch (e) {

@@ -81,21 +81,21 @@ describe('Cursor', () => {
 describe('sync cursors', () => {
   it('a gap stops the cursor until it is filled', () => {
     const s = newState();
-    s.applyMessage(msg(1), 'live');
-    s.applyMessage(msg(2), 'live');
-    s.applyMessage(msg(4), 'live');
+    s.applyMessage(msg(1));
+    s.applyMessage(msg(2));
+    s.applyMessage(msg(4));
     expect(s.cursors()).toEqual({ [DM]: 2 });
-    s.applyMessage(msg(3), 'sync');
+    s.applyMessage(msg(3));
     expect(s.cursors()).toEqual({ [DM]: 4 });
   });
 
   it('an own message acknowledged ahead of a gap joins the cursor once the gap is filled', () => {
     const s = newState();
-    s.applyMessage(msg(1), 'live');
+    s.applyMessage(msg(1));
     const p = s.outbox.create(DM, 'mine', 0);
     s.applySent(sent(p.clientMsgId, 3));
     expect(s.cursors()[DM]).toBe(1);
-    s.applyMessage(msg(2), 'live');
+    s.applyMessage(msg(2));
     expect(s.cursors()[DM]).toBe(3);
   });
 
@@ -103,42 +103,46 @@ describe('sync cursors', () => {
     const s = newState();
     s.loadConversations([summary({ last_seq: 40, read_seq: 38, delivered_seq: 40, unread: 2 })]);
     expect(s.cursors()).toEqual({ [DM]: 40 });
-    s.applyHistory(DM, [msg(41), msg(42)], true, true);
+    s.applyHistory(DM, [msg(41), msg(42)], true, 'newest');
     expect(s.cursors()).toEqual({ [DM]: 42 });
     // A later list (older snapshot) no longer moves the cursor of a loaded conversation.
     s.loadConversations([summary({ last_seq: 50 })]);
     expect(s.cursors()).toEqual({ [DM]: 42 });
   });
 
-  it('history of older pages does not move the cursor', () => {
+  it('history moves the cursor only over a contiguous run', () => {
     const s = newState();
-    s.applyMessage(msg(1), 'live');
-    s.applyHistory(DM, [msg(5), msg(6)], true, false);
+    s.applyMessage(msg(1));
+    s.applyHistory(DM, [msg(5), msg(6)], true, 'older');
     expect(s.cursors()[DM]).toBe(1);
+    s.applyHistory(DM, [msg(2), msg(3), msg(4)], false, 'fill');
+    expect(s.cursors()[DM]).toBe(6);
+    // A fill leaves "Load older" as it was.
+    expect(s.get(DM)!.historyHasMore).toBe(true);
   });
 });
 
 describe('messages', () => {
   it('are deduplicated by seq whatever brings them, and kept in seq order', () => {
     const s = newState();
-    expect(s.applyMessage(msg(3), 'live').added).toBe(true);
-    expect(s.applyMessage(msg(3), 'sync').added).toBe(false);
-    s.applyHistory(DM, [msg(1), msg(2), msg(3)], false, true);
-    s.applyMessage(msg(2), 'live');
+    expect(s.applyMessage(msg(3)).added).toBe(true);
+    expect(s.applyMessage(msg(3)).added).toBe(false);
+    s.applyHistory(DM, [msg(1), msg(2), msg(3)], false, 'newest');
+    s.applyMessage(msg(2));
     const seqs = s.timeline(DM).map((i) => i.seq);
     expect(seqs).toEqual([1, 2, 3]);
   });
 
   it('an unknown conversation is reported, so the list is fetched', () => {
     const s = newState();
-    expect(s.applyMessage(msg(1, { conversation_id: 'c-new' }), 'live').unknownConversation).toBe(true);
+    expect(s.applyMessage(msg(1, { conversation_id: 'c-new' })).unknownConversation).toBe(true);
     s.loadConversations([summary({ conversation_id: 'c-new', last_seq: 1 })]);
-    expect(s.applyMessage(msg(2, { conversation_id: 'c-new' }), 'live').unknownConversation).toBe(false);
+    expect(s.applyMessage(msg(2, { conversation_id: 'c-new' })).unknownConversation).toBe(false);
   });
 
   it('pending sends follow the stored messages and become them on `sent`', () => {
     const s = newState();
-    s.applyMessage(msg(1), 'live');
+    s.applyMessage(msg(1));
     const p = s.outbox.create(DM, 'mine', 5);
     let t = s.timeline(DM);
     expect(t.map((i) => [i.seq, i.own])).toEqual([
@@ -192,7 +196,7 @@ describe('outbox', () => {
     const a = s.outbox.create(DM, 'a', 0);
     s.outbox.takeDue(0);
     s.connectionLost(1);
-    s.applyMessage(msg(1, { author_id: ME, client_msg_id: a.clientMsgId, body: 'a' }), 'sync');
+    s.applyMessage(msg(1, { author_id: ME, client_msg_id: a.clientMsgId, body: 'a' }));
     expect(s.outbox.size).toBe(0);
     expect(s.outbox.takeAll(2)).toEqual([]);
     expect(s.timeline(DM).map((i) => [i.seq, i.own, i.key])).toEqual([[1, true, `c:${a.clientMsgId}`]]);
@@ -270,10 +274,7 @@ describe('ticks', () => {
     const p = s.outbox.create(GROUP, 'hi all', 0);
     s.applySent(sent(p.clientMsgId, 2, GROUP));
     // carol is added after the message: she does not count for it.
-    s.applyMessage(
-      msg(3, { conversation_id: GROUP, author_id: ME, kind: 'system', body: JSON.stringify({ event: 'members_added', actor: ME, users: [CAROL] }) }),
-      'live',
-    );
+    s.applyMessage(msg(3, { conversation_id: GROUP, author_id: ME, kind: 'system', body: JSON.stringify({ event: 'members_added', actor: ME, users: [CAROL] }) }));
     expect(c.members).toContain(CAROL);
     const item = () => s.timeline(GROUP).find((i) => i.seq === 2)!;
     expect(s.tick(c, item())).toBe('sent');
@@ -293,12 +294,12 @@ describe('unread and receipts owed', () => {
     s.loadConversations([summary({ last_seq: 5, read_seq: 3, delivered_seq: 5, unread: 2 })]);
     const c = s.get(DM)!;
     expect(s.unread(c)).toBe(2);
-    s.applyMessage(msg(6), 'live');
+    s.applyMessage(msg(6));
     expect(s.unread(c)).toBe(3);
     // Open but not loaded yet: nothing read.
     s.markSeen(DM);
     expect(s.unread(c)).toBe(3);
-    s.applyHistory(DM, [msg(4), msg(5), msg(6)], true, true);
+    s.applyHistory(DM, [msg(4), msg(5), msg(6)], true, 'newest');
     s.markSeen(DM);
     expect(s.unread(c)).toBe(0);
     // Another device read up to 6 too: the server's receipt says so.
@@ -312,8 +313,8 @@ describe('unread and receipts owed', () => {
       summary({ last_seq: 2, read_seq: 1, delivered_seq: 1 }),
       summary({ conversation_id: 'c-other', members: [ME, CAROL], last_seq: 4, read_seq: 4, delivered_seq: 4 }),
     ]);
-    s.applyHistory(DM, [msg(1), msg(2)], false, true);
-    s.applyMessage(msg(5, { conversation_id: 'c-other', author_id: CAROL }), 'live');
+    s.applyHistory(DM, [msg(1), msg(2)], false, 'newest');
+    s.applyMessage(msg(5, { conversation_id: 'c-other', author_id: CAROL }));
     const owed = s.owedReceipts(DM);
     expect(owed).toEqual([
       { type: 'read', conversation_id: DM, seq: 2 },
@@ -354,9 +355,9 @@ describe('groups and names', () => {
     s.loadConversations([summary({ conversation_id: GROUP, kind: 'group', title: 'Old', members: [ME, BOB], role: 'member', last_seq: 4 })]);
     const c = s.get(GROUP)!;
     const sys = (seq: number, body: object) =>
-      s.applyMessage(msg(seq, { conversation_id: GROUP, kind: 'system', author_id: BOB, body: JSON.stringify(body) }), 'live');
+      s.applyMessage(msg(seq, { conversation_id: GROUP, kind: 'system', author_id: BOB, body: JSON.stringify(body) }));
     // History from before the list's snapshot: already reflected there.
-    s.applyHistory(GROUP, [msg(1, { conversation_id: GROUP, kind: 'system', body: JSON.stringify({ event: 'group_created', actor: BOB, title: 'First', members: [BOB] }) })], false, false);
+    s.applyHistory(GROUP, [msg(1, { conversation_id: GROUP, kind: 'system', body: JSON.stringify({ event: 'group_created', actor: BOB, title: 'First', members: [BOB] }) })], false, 'older');
     expect(c.title).toBe('Old');
     expect(sys(5, { event: 'renamed', actor: BOB, title: 'New' }).groupChanged).toBe(true);
     expect(c.title).toBe('New');
@@ -386,7 +387,7 @@ describe('groups and names', () => {
       summary({ conversation_id: 'b', last_seq: 1, last_message: msg(1, { conversation_id: 'b', ts: 20 }) }),
     ]);
     expect(s.sortedConversations().map((c) => c.id)).toEqual(['b', 'a']);
-    s.applyMessage(msg(2, { conversation_id: 'a', ts: 30 }), 'live');
+    s.applyMessage(msg(2, { conversation_id: 'a', ts: 30 }));
     expect(s.sortedConversations().map((c) => c.id)).toEqual(['a', 'b']);
     expect(s.preview(s.get('a')!)).toBe('hello 2');
   });
@@ -403,7 +404,7 @@ describe('typing', () => {
     s.applyTyping(DM, BOB, true, 10);
     expect(s.typingUsers(DM, 10 + TYPING_TTL_MS)).toEqual([]);
     s.applyTyping(DM, BOB, true, 100);
-    s.applyMessage(msg(1), 'live');
+    s.applyMessage(msg(1));
     expect(s.typingUsers(DM, 101)).toEqual([]);
   });
 });

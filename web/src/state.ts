@@ -360,7 +360,7 @@ function newConversation(id: string): Conversation {
   };
 }
 
-export type MessageSource = 'live' | 'sync' | 'history';
+export type HistoryPage = 'newest' | 'older' | 'fill';
 
 export interface MessageOutcome {
   /** Shown for the first time (false: a duplicate). */
@@ -460,18 +460,19 @@ export class ClientState {
     return c;
   }
 
-  /** A history page (`before` absent: the newest page). */
-  applyHistory(conversationId: string, messages: MessageView[], hasMore: boolean, newest: boolean): void {
+  /** A history page: the newest (`before` absent), an older one ("Load older"), or a fill
+   *  (messages the client missed, e.g. the system message of its own group change). */
+  applyHistory(conversationId: string, messages: MessageView[], hasMore: boolean, page: HistoryPage): void {
     const c = this.ensure(conversationId);
     const sorted = [...messages].sort((a, b) => a.seq - b.seq);
-    for (const m of sorted) this.applyMessage(m, 'history');
-    if (newest) {
+    for (const m of sorted) this.applyMessage(m);
+    if (page === 'newest') {
       // The newest page holds everything up to its top: sync goes on from there.
       if (!c.historyLoaded) c.historyHasMore = hasMore;
       c.historyLoaded = true;
       const top = sorted.length ? sorted[sorted.length - 1]!.seq : 0;
       c.cursor.holdUpTo(top);
-    } else {
+    } else if (page === 'older') {
       c.historyHasMore = hasMore;
     }
   }
@@ -502,12 +503,13 @@ export class ClientState {
 
   // ---- WebSocket frames ----
 
-  /** A `message` (live or sync) or a message of a history page. */
-  applyMessage(m: MessageView, source: MessageSource): MessageOutcome {
+  /** A `message` (live or sync) or a message of a history page: the same rules for all. */
+  applyMessage(m: MessageView): MessageOutcome {
     const existing = this.conversations.get(m.conversation_id);
     const unknownConversation = !existing || existing.kind === null;
     const c = existing ?? this.ensure(m.conversation_id);
-    if (source !== 'history') c.cursor.record(m.seq);
+    // Whatever brings it, the client holds it now (the cursor still moves only over a run).
+    c.cursor.record(m.seq);
     // Our own message, stored by an earlier attempt whose `sent` we never got.
     if (this.isMe(m.author_id)) this.outbox.ack(m.client_msg_id);
     const out: MessageOutcome = { added: false, unknownConversation, groupChanged: false };

@@ -141,7 +141,7 @@ export class ChatView {
         attr(li, 'data-role', r.role ?? '');
         const name = s.displayName(r.userId) + (s.isMe(r.userId) ? ' (you)' : '');
         text(li.querySelector('.member-name')!, name);
-        text(li.querySelector('.member-role')!, r.role ?? '');
+        text(li.querySelector('.member-role')!, r.role ? ` ${r.role}` : '');
       },
     );
     const canAdd = !c.left && !c.deleted && (c.role === 'owner' || c.role === 'admin');
