@@ -133,9 +133,6 @@ export class App implements Actions {
     try {
       this.begin(saveSession(await this.api.register(username, password)));
     } catch (e) {
-      if (e instanceof ApiError && e.code === 'bad_request') {
-        throw new Error(`${e.message} (usernames: 3–32 letters, digits, _ . -; passwords: at least 8 characters)`);
-      }
       throw new Error(describeError(e));
     }
   }
@@ -197,6 +194,8 @@ export class App implements Actions {
       default:
         break;
     }
+    // The open chat's new messages (and own sends) are read at once, so no badge flickers.
+    if (f.type === 'message' || f.type === 'sent' || f.type === 'sync_done') s.markSeen(this.visibleOpenId());
     this.requestRender();
   }
 
