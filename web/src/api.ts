@@ -10,7 +10,9 @@ import type {
   HistoryReply,
   MembersReply,
   UserReply,
+  UsersReply,
 } from './protocol';
+import { usersPath } from './names';
 
 export class ApiError extends Error {
   constructor(
@@ -105,6 +107,11 @@ export class Api {
 
   user(username: string): Promise<UserReply> {
     return this.call('GET', `/v1/users/${encodeURIComponent(username)}`);
+  }
+
+  /** Usernames of up to 200 user ids (`GET /v1/users?ids=…`); unknown ids are left out. */
+  users(ids: string[]): Promise<UsersReply> {
+    return this.call('GET', usersPath(ids));
   }
 
   conversations(): Promise<ConversationsReply> {

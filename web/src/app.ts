@@ -1,11 +1,14 @@
 // The app controller: wires the state, the REST api, the WebSocket connection and the view.
 // It turns user intents into REST calls and frames, server frames into state changes, and
 // state changes into (batched) renders; it owns the timers (outbox retries, receipts, the
-// one-second redraw of countdowns, typing expiry) and the sign-in session.
+// one-second redraw of countdowns, typing expiry), the lookups of usernames the client knows
+// only by id (`names.ts`), and the sign-in session.
 
 import { Api, ApiError, describeError } from './api';
+import { baseDelay } from './backoff';
 import type { ConnStatus } from './connection';
 import { Connection, socketUrl } from './connection';
+import { MAX_IDS_PER_LOOKUP } from './names';
 import type { ServerFrame } from './protocol';
 import { MAX_BODY_BYTES } from './protocol';
 import { clearSession, loadNames, loadSession, saveNames, saveSession, type StoredSession } from './session';
@@ -17,6 +20,8 @@ import { View } from './view/shell';
 const NOTICE_MS = 8_000;
 const LIST_REFRESH_DEBOUNCE_MS = 250;
 const HISTORY_PAGE = 50;
+/** Ids noted within this long go out in the same name lookups. */
+const NAMES_DEBOUNCE_MS = 30;
 
 function randomHex(bytes: number): string {
   const a = new Uint8Array(bytes);
@@ -45,6 +50,10 @@ export class App implements Actions {
   private outboxTimer: ReturnType<typeof setTimeout> | null = null;
   private presenceQueued = new Set<string>();
   private presenceTimer: ReturnType<typeof setTimeout> | null = null;
+  private namesTimer: ReturnType<typeof setTimeout> | null = null;
+  private namesRetryTimer: ReturnType<typeof setTimeout> | null = null;
+  /** Name lookups failed in a row (for the retry delay). */
+  private nameFailures = 0;
   /** Bumped on sign-out: answers of calls made before it are dropped. */
   private generation = 0;
 
@@ -74,6 +83,7 @@ export class App implements Actions {
     this.generation += 1;
     const gen = this.generation;
     this.session = session;
+    this.clearNameTimers();
     this.state = newState();
     this.state.setMe({ userId: session.userId, username: session.username });
     for (const [id, name] of loadNames()) this.state.rememberName(id, name);
@@ -117,6 +127,7 @@ export class App implements Actions {
     this.status = { state: 'offline', reason: 'signed out' };
     if (this.outboxTimer) clearTimeout(this.outboxTimer);
     this.outboxTimer = null;
+    this.clearNameTimers();
     this.view.auth.showError(message ?? '');
     this.requestRender();
   }
@@ -269,6 +280,57 @@ export class App implements Actions {
 
   // ---- REST ----
 
+  /** Looks up the names of the users known only by id (noted by the state as frames and replies
+   *  arrive), shortly after, so that a burst of frames makes few requests. */
+  private scheduleNames(): void {
+    if (this.namesTimer || this.session === null) return;
+    this.namesTimer = setTimeout(() => {
+      this.namesTimer = null;
+      this.lookUpNames();
+    }, NAMES_DEBOUNCE_MS);
+  }
+
+  /** One `GET /v1/users?ids=` per batch of at most 200 wanted ids (each id in one lookup at a
+   *  time); the page is drawn again when names arrive. A failed lookup is tried again after a
+   *  backoff, unless the answer would not change (a 4xx other than 408/429). */
+  private lookUpNames(): void {
+    const gen = this.generation;
+    const names = this.state.names;
+    for (const batch of names.takeBatches(MAX_IDS_PER_LOOKUP)) {
+      this.api.users(batch).then(
+        (r) => {
+          if (gen !== this.generation) return;
+          this.nameFailures = 0;
+          const changed = names.resolved(batch, Array.isArray(r?.users) ? r.users : []);
+          if (changed) {
+            saveNames(names.entries());
+            this.requestRender();
+          }
+        },
+        (e: unknown) => {
+          if (gen !== this.generation) return;
+          const retry = !(e instanceof ApiError) || e.status >= 500 || e.status === 408 || e.status === 429;
+          names.failed(batch, retry);
+          if (!retry || this.namesRetryTimer) return;
+          this.nameFailures += 1;
+          const wait = e instanceof ApiError && e.retryAfter ? e.retryAfter * 1000 : baseDelay(this.nameFailures - 1);
+          this.namesRetryTimer = setTimeout(() => {
+            this.namesRetryTimer = null;
+            this.scheduleNames();
+          }, wait);
+        },
+      );
+    }
+  }
+
+  private clearNameTimers(): void {
+    if (this.namesTimer) clearTimeout(this.namesTimer);
+    if (this.namesRetryTimer) clearTimeout(this.namesRetryTimer);
+    this.namesTimer = null;
+    this.namesRetryTimer = null;
+    this.nameFailures = 0;
+  }
+
   private scheduleListRefresh(): void {
     if (this.listTimer) return;
     this.listTimer = setTimeout(() => {
@@ -328,21 +390,6 @@ export class App implements Actions {
     }
   }
 
-  /** Reads message `seq` by history: the system message of this device's own group change
-   *  (the server sends it live to every device but the one that made the change). */
-  private async fetchSeq(conversationId: string, seq: number): Promise<void> {
-    const gen = this.generation;
-    try {
-      const r = await this.api.history(conversationId, seq + 1, 1);
-      if (gen !== this.generation) return;
-      this.state.applyHistory(conversationId, r.messages, r.has_more, 'fill');
-      this.scheduleReceipts();
-      this.requestRender();
-    } catch {
-      // it comes with the next sync
-    }
-  }
-
   // ---- user intents ----
 
   openConversation(id: string): void {
@@ -366,7 +413,7 @@ export class App implements Actions {
 
   private rememberName(userId: string, username: string): void {
     this.state.rememberName(userId, username);
-    saveNames(this.state.names);
+    saveNames(this.state.names.entries());
   }
 
   /** user ids of usernames; unknown names are reported in the notice. */
@@ -444,9 +491,10 @@ export class App implements Actions {
     try {
       const ids = await this.resolve([username]);
       if (!ids || gen !== this.generation) return false;
-      const change = await this.api.addMembers(id, ids);
+      await this.api.addMembers(id, ids);
       if (gen !== this.generation) return false;
-      void this.fetchSeq(id, change.seq);
+      // The system message comes live to this device too (or with the next sync, if the
+      // socket is down); the member list is read again for roles and windows.
       void this.refreshMembers(id);
       return true;
     } catch (e) {
@@ -519,6 +567,8 @@ export class App implements Actions {
   }
 
   private requestRender(): void {
+    // Whatever changed the state may have named users the client knows only by id.
+    if (this.state.names.wantedCount > 0) this.scheduleNames();
     if (this.renderQueued) return;
     this.renderQueued = true;
     queueMicrotask(() => {

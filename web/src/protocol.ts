@@ -20,6 +20,10 @@ export interface UserReply {
   username: string;
 }
 
+export interface UsersReply {
+  users: UserReply[];
+}
+
 export interface MessageView {
   conversation_id: string;
   seq: number;

@@ -1,5 +1,6 @@
 // The signed-in session kept for this browser tab in sessionStorage: token, user and device
-// ids, username, and the usernames this tab has learned (the protocol has no id → name lookup).
+// ids, username, and the usernames this tab has learned (so a reload names users at once,
+// before the lookups of `names.ts` are answered).
 
 import type { AuthReply } from './protocol';
 
@@ -59,6 +60,6 @@ export function loadNames(): [string, string][] {
   return [];
 }
 
-export function saveNames(names: Map<string, string>): void {
+export function saveNames(names: Iterable<[string, string]>): void {
   storage()?.setItem(NAMES, JSON.stringify(Object.fromEntries(names)));
 }

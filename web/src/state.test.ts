@@ -393,6 +393,133 @@ describe('groups and names', () => {
   });
 });
 
+describe('names to look up', () => {
+  const DAVE = 'u-dav-00004';
+  const ERIN = 'u-eri-00005';
+  const FRANK = 'u-fra-00006';
+  const wanted = (s: ClientState) => s.names.takeBatches().flat().sort();
+
+  it('notes the unknown users of the list, member lists, messages, system bodies, receipts and typing', () => {
+    const s = newState();
+    s.loadConversations([
+      summary({ members: [ME, DAVE] }),
+      summary({
+        conversation_id: GROUP,
+        kind: 'group',
+        title: 'G',
+        members: [ME, BOB],
+        last_seq: 1,
+        last_message: msg(1, { conversation_id: GROUP, kind: 'system', author_id: BOB, body: JSON.stringify({ event: 'member_removed', actor: BOB, user: ERIN }) }),
+      }),
+    ]);
+    // Known names (me, bob) are not asked for.
+    expect(wanted(s)).toEqual([DAVE, ERIN].sort());
+    s.applyMembers(GROUP, [{ user_id: FRANK, role: 'member', since_seq: 1, delivered_seq: 0, read_seq: 0 }]);
+    s.applyMessage(msg(2, { conversation_id: GROUP, author_id: 'u-author' }));
+    s.applyMessage(msg(3, { conversation_id: GROUP, kind: 'system', author_id: BOB, body: JSON.stringify({ event: 'members_added', actor: BOB, users: ['u-new-1', 'u-new-2'] }) }));
+    s.applyReceipt(GROUP, 'u-reader', 3, 3);
+    s.applyTyping(GROUP, 'u-typer', true, 0);
+    expect(wanted(s)).toEqual([FRANK, 'u-author', 'u-new-1', 'u-new-2', 'u-reader', 'u-typer'].sort());
+    expect(s.names.wantedCount).toBe(0);
+  });
+
+  it('a direct chat is titled by the short id until the lookup names the other user', () => {
+    const s = newState();
+    const alice = 'aaaaaaaa-bbbb-7ccc-8ddd-0123456789ab';
+    s.loadConversations([summary({ members: [ME, alice] })]);
+    const c = s.get(DM)!;
+    expect(s.title(c)).toBe('user-6789ab');
+    const [batch] = s.names.takeBatches();
+    expect(batch).toEqual([alice]);
+    // The list read again while the lookup is out: not asked twice.
+    s.loadConversations([summary({ members: [ME, alice] })]);
+    expect(s.names.wantedCount).toBe(0);
+    expect(s.names.resolved(batch!, [{ user_id: alice, username: 'alice' }])).toBe(true);
+    expect(s.title(c)).toBe('alice');
+    s.applyMessage(msg(1, { author_id: alice }));
+    expect(s.names.wantedCount).toBe(0);
+  });
+
+  it('system messages and read-by read with the names once they arrive', () => {
+    const s = newState();
+    s.loadConversations([summary({ conversation_id: GROUP, kind: 'group', title: 'G', members: [ME, DAVE], role: 'owner', last_seq: 0 })]);
+    s.applyMessage(msg(1, { conversation_id: GROUP, kind: 'system', author_id: ME, body: JSON.stringify({ event: 'members_added', actor: ME, users: [DAVE] }) }));
+    const c = s.get(GROUP)!;
+    expect(s.preview(c)).toBe(`me added ${shortId(DAVE)}`);
+    const [batch] = s.names.takeBatches();
+    s.names.resolved(batch!, [{ user_id: DAVE, username: 'dave' }]);
+    expect(s.preview(c)).toBe('me added dave');
+    expect(s.title(c)).toBe('G');
+  });
+});
+
+describe('own group changes', () => {
+  const created = (over: Partial<MessageView> = {}) =>
+    msg(1, {
+      conversation_id: GROUP,
+      kind: 'system',
+      author_id: ME,
+      client_msg_id: '',
+      body: JSON.stringify({ event: 'group_created', actor: ME, title: 'Team', members: [ME, BOB] }),
+      ...over,
+    });
+  const added = msg(2, {
+    conversation_id: GROUP,
+    kind: 'system',
+    author_id: ME,
+    client_msg_id: '',
+    body: JSON.stringify({ event: 'members_added', actor: ME, users: [CAROL] }),
+  });
+
+  it('the live system message of a new group and its first history page show it once, either order', () => {
+    for (const liveFirst of [true, false]) {
+      const s = newState();
+      s.addGroup({ conversation_id: GROUP, kind: 'group', title: 'Team', members: [{ user_id: ME, role: 'owner' }, { user_id: BOB, role: 'member' }] });
+      if (liveFirst) expect(s.applyMessage(created()).added).toBe(true);
+      s.applyHistory(GROUP, [created()], false, 'newest');
+      if (!liveFirst) expect(s.applyMessage(created()).added).toBe(false);
+      const c = s.get(GROUP)!;
+      expect(s.timeline(GROUP).map((i) => i.seq)).toEqual([1]);
+      expect(c.historyLoaded).toBe(true);
+      expect(c.historyHasMore).toBe(false);
+      expect(c.cursor.held).toBe(1);
+      expect(c.members).toEqual([ME, BOB]);
+      expect(c.role).toBe('owner');
+      expect(s.messageText(s.timeline(GROUP)[0]!)).toBe('me created the group “Team”');
+    }
+  });
+
+  it('the live system message that arrives before the create reply still gives one timeline', () => {
+    const s = newState();
+    expect(s.applyMessage(created()).unknownConversation).toBe(true);
+    s.addGroup({ conversation_id: GROUP, kind: 'group', title: 'Team', members: [{ user_id: ME, role: 'owner' }, { user_id: BOB, role: 'member' }] });
+    s.applyHistory(GROUP, [created()], false, 'newest');
+    const c = s.get(GROUP)!;
+    expect(s.timeline(GROUP).length).toBe(1);
+    expect(c.kind).toBe('group');
+    expect(c.role).toBe('owner');
+    expect(c.members).toEqual([ME, BOB]);
+  });
+
+  it('adding a member: the live message, a sync and a history page of it keep it once', () => {
+    const s = newState();
+    s.applyMessage(created());
+    s.applyHistory(GROUP, [created()], false, 'newest');
+    const first = s.applyMessage(added);
+    expect(first).toMatchObject({ added: true, groupChanged: true });
+    expect(s.applyMessage(added)).toMatchObject({ added: false, groupChanged: false });
+    s.applyHistory(GROUP, [created(), added], false, 'fill');
+    s.applyHistory(GROUP, [added], false, 'newest');
+    expect(s.timeline(GROUP).map((i) => [i.seq, i.kind, i.own])).toEqual([
+      [1, 'system', false],
+      [2, 'system', false],
+    ]);
+    expect(s.get(GROUP)!.members).toEqual([ME, BOB, CAROL]);
+    expect(s.get(GROUP)!.cursor.held).toBe(2);
+    expect(s.preview(s.get(GROUP)!)).toBe('me added carol');
+  });
+});
+
 describe('typing', () => {
   it('shows others typing until they stop, send, or the indicator expires', () => {
     const s = newState();

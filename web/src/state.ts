@@ -1,8 +1,9 @@
 // The client's state, pure (no DOM, no network, no timers): conversations and their metadata,
 // the sync cursor of each (advanced only over contiguous seqs), messages deduplicated by seq,
 // the outbox of unacknowledged sends (each keeps its client_msg_id for good), watermarks and
-// the ticks they give, unread counts, the receipts the client owes the server, presence and
-// typing. Every input is a protocol frame or a REST reply; the clock is passed in.
+// the ticks they give, unread counts, the receipts the client owes the server, presence,
+// typing, and the usernames known with the ids still to look up (`names.ts`). Every input is a
+// protocol frame or a REST reply; the clock is passed in.
 
 import type {
   ConversationKind,
@@ -19,7 +20,8 @@ import type {
 } from './protocol';
 import { retryableSendError } from './protocol';
 import { baseDelay } from './backoff';
-import { parseSystemBody, systemText } from './system';
+import { NameDirectory } from './names';
+import { parseSystemBody, systemText, systemUserIds } from './system';
 
 // ---------------------------------------------------------------------------------------------
 // Cursor
@@ -374,7 +376,8 @@ export interface MessageOutcome {
 export class ClientState {
   me: Me | null = null;
   readonly conversations = new Map<string, Conversation>();
-  readonly names = new Map<string, string>();
+  /** user id → username, and the ids whose names are still to be looked up. */
+  readonly names = new NameDirectory();
   readonly presence = new Map<string, Presence>();
   readonly outbox: Outbox;
   /** The conversation shown in the chat pane. */
@@ -395,6 +398,12 @@ export class ClientState {
 
   rememberName(userId: string, username: string): void {
     this.names.set(userId, username);
+  }
+
+  /** The users a message names (its author; the users in a system message's body). */
+  private noteMessageUsers(m: { author_id: string; kind: MessageKind; body: string }): void {
+    this.names.note(m.author_id);
+    if (m.kind === 'system') this.names.noteAll(systemUserIds(m.body));
   }
 
   displayName(userId: string): string {
@@ -422,6 +431,8 @@ export class ClientState {
   loadConversations(list: ConversationSummary[]): void {
     for (const s of list) {
       const c = this.ensure(s.conversation_id);
+      this.names.noteAll(s.members);
+      if (s.last_message) this.noteMessageUsers(s.last_message);
       if (s.last_seq >= c.metaSeq || c.kind === null) {
         c.kind = s.kind;
         c.title = s.title ?? null;
@@ -445,6 +456,7 @@ export class ClientState {
     const c = this.ensure(r.conversation_id);
     c.kind = 'direct';
     c.members = [...r.members];
+    this.names.noteAll(r.members);
     return c;
   }
 
@@ -453,6 +465,7 @@ export class ClientState {
     const c = this.ensure(r.conversation_id);
     c.kind = 'group';
     c.title = r.title;
+    this.names.noteAll(r.members.map((m) => m.user_id));
     if (c.metaSeq === 0) {
       c.members = r.members.map((m) => m.user_id);
       c.role = 'owner';
@@ -461,7 +474,8 @@ export class ClientState {
   }
 
   /** A history page: the newest (`before` absent), an older one ("Load older"), or a fill
-   *  (messages the client missed, e.g. the system message of its own group change). */
+   *  (messages read again out of order: neither moves "Load older" nor counts as the newest
+   *  page). Messages the client holds already (live, sync, an earlier page) are kept once. */
   applyHistory(conversationId: string, messages: MessageView[], hasMore: boolean, page: HistoryPage): void {
     const c = this.ensure(conversationId);
     const sorted = [...messages].sort((a, b) => a.seq - b.seq);
@@ -482,6 +496,7 @@ export class ClientState {
     const c = this.ensure(conversationId);
     const next = new Map<string, MemberState>();
     for (const m of members) {
+      this.names.note(m.user_id);
       const old = c.memberStates.get(m.user_id);
       next.set(m.user_id, {
         userId: m.user_id,
@@ -517,6 +532,7 @@ export class ClientState {
     const msg = fromView(m);
     c.messages.set(m.seq, msg);
     out.added = true;
+    this.noteMessageUsers(m);
     c.lastSeq = Math.max(c.lastSeq, m.seq);
     if (!c.lastMessage || m.seq >= c.lastMessage.seq) c.lastMessage = msg;
     if (msg.kind === 'system' && m.seq > c.metaSeq) {
@@ -621,6 +637,7 @@ export class ClientState {
       c.serverDelivered = Math.max(c.serverDelivered, delivered, read);
       return;
     }
+    this.names.note(userId);
     let s = c.memberStates.get(userId);
     if (!s) {
       s = { userId, role: null, sinceSeq: 0, delivered: 0, read: 0 };
@@ -656,6 +673,7 @@ export class ClientState {
   applyTyping(conversationId: string, userId: string, active: boolean, now: number): void {
     if (this.isMe(userId)) return;
     const c = this.ensure(conversationId);
+    this.names.note(userId);
     if (active) c.typing.set(userId, now + TYPING_TTL_MS);
     else c.typing.delete(userId);
   }

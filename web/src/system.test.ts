@@ -1,7 +1,7 @@
 // Unit tests of the readable lines of group system messages.
 
 import { describe, expect, it } from 'vitest';
-import { joinNames, parseSystemBody, systemText } from './system';
+import { joinNames, parseSystemBody, systemText, systemUserIds } from './system';
 
 const names: Record<string, string> = { a: 'alice', b: 'bob', c: 'carol' };
 const name = (id: string) => names[id] ?? `user-${id}`;
@@ -32,5 +32,14 @@ describe('system messages', () => {
     expect(joinNames(['a'])).toBe('a');
     expect(joinNames(['a', 'b'])).toBe('a and b');
     expect(joinNames(['a', 'b', 'c'])).toBe('a, b and c');
+  });
+});
+
+describe('systemUserIds', () => {
+  it('names every user a system message mentions, once', () => {
+    expect(systemUserIds(JSON.stringify({ event: 'group_created', actor: 'a', title: 'T', members: ['a', 'b'] }))).toEqual(['a', 'b']);
+    expect(systemUserIds(JSON.stringify({ event: 'members_added', actor: 'a', users: ['b', 'c'] }))).toEqual(['a', 'b', 'c']);
+    expect(systemUserIds(JSON.stringify({ event: 'member_removed', actor: 'a', user: 'c' }))).toEqual(['a', 'c']);
+    expect(systemUserIds('not json')).toEqual([]);
   });
 });

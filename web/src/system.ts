@@ -75,3 +75,15 @@ export function systemText(body: string, name: (userId: string) => string): stri
       return `${actor}: ${e.event.replace(/_/g, ' ')}`;
   }
 }
+
+/** The users a system message names (actor, members, users, user), to look their names up. */
+export function systemUserIds(body: string): string[] {
+  const e = parseSystemBody(body);
+  if (!e) return [];
+  const out = new Set<string>();
+  if (e.actor) out.add(e.actor);
+  for (const u of e.members ?? []) out.add(u);
+  for (const u of e.users ?? []) out.add(u);
+  if (e.user) out.add(e.user);
+  return [...out];
+}
