@@ -2,15 +2,18 @@
 # this file is not exercised by CI; `cargo build --release` is the same build.)
 
 FROM rust:1.95-bookworm AS build
+# Node.js and npm build the web client (build.rs); the final image does not contain them.
+RUN apt-get update && apt-get install -y --no-install-recommends nodejs npm && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Dependencies first, for layer caching.
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 RUN mkdir -p src/bin/switchboard-bench benches \
  && echo '' > src/lib.rs \
  && for f in src/main.rs src/bin/switchboard-bench/main.rs benches/codec.rs benches/store_append.rs \
              benches/store_compare.rs; do echo 'fn main() {}' > "$f"; done \
  && cargo build --release --locked --bins \
  && rm -rf src benches
+COPY web ./web
 COPY src ./src
 COPY benches ./benches
 COPY schema.cql ./

@@ -114,6 +114,45 @@ pub async fn user_by_name(
     Ok(HttpResponse::Ok().json(UserReply { user_id: user.id, username: user.username }))
 }
 
+/// Most ids one `GET /v1/users?ids=` may name.
+pub const USERS_PER_LOOKUP: usize = 200;
+
+#[derive(Deserialize)]
+pub struct UsersQuery {
+    ids: String,
+}
+
+/// `GET /v1/users?ids=a,b,c`: the usernames of these users (unknown ids are left out), so a
+/// client can name the authors and members it only knows by id.
+pub async fn users_by_id(
+    node: NodeData,
+    _: Authenticated,
+    query: web::Query<UsersQuery>,
+) -> ApiResult<HttpResponse> {
+    let ids: Vec<UserId> = query
+        .ids
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(|_| Error::bad_request(format!("malformed user id {s:?}"))))
+        .collect::<Result<_, _>>()?;
+    if ids.len() > USERS_PER_LOOKUP {
+        return Err(Error::new(
+            crate::error::ErrorCode::TooLarge,
+            format!("at most {USERS_PER_LOOKUP} ids per lookup"),
+        )
+        .into());
+    }
+    let lookups = ids.iter().map(|&id| node.accounts.user(id));
+    let mut users = Vec::new();
+    for found in futures_util::future::join_all(lookups).await {
+        if let Some(user) = found? {
+            users.push(UserReply { user_id: user.id, username: user.username });
+        }
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "users": users })))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

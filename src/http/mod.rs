@@ -1,5 +1,5 @@
 //! The HTTP edge, the only code that imports actix_web: the route table (`configure`), the
-//! REST error shape and bearer-token authentication.
+//! REST error shape, bearer-token authentication, and the web client's files (`web_client.rs`).
 
 mod accounts;
 mod conversations;
@@ -7,6 +7,7 @@ mod groups;
 mod health;
 pub mod server;
 pub mod transport;
+mod web_client;
 mod ws;
 
 use crate::account::Identity;
@@ -39,6 +40,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::QueryConfig::default()
             .error_handler(|err, _| ApiError(Error::bad_request(err.to_string())).into()),
     )
+    .route("/", web::get().to(web_client::index))
+    .route("/index.html", web::get().to(web_client::index))
     .route("/healthz", web::get().to(health::healthz))
     .route("/readyz", web::get().to(health::readyz))
     .route("/metrics", web::get().to(health::metrics))
@@ -48,6 +51,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/login", web::post().to(accounts::login))
             .route("/logout", web::post().to(accounts::logout))
             .route("/me", web::get().to(accounts::me))
+            .route("/users", web::get().to(accounts::users_by_id))
             .route("/users/{username}", web::get().to(accounts::user_by_name))
             .route("/conversations", web::get().to(conversations::list))
             .route("/conversations/direct", web::post().to(conversations::open_direct))
@@ -63,7 +67,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/conversations/{id}/messages/{seq}/receipts", web::get().to(groups::receipts))
             .route("/ws", web::get().to(ws::upgrade)),
     )
-    .default_service(web::to(|| async { ApiError(Error::not_found("no such route")) }));
+    .default_service(web::to(|req: HttpRequest| async move {
+        match web_client::static_file(&req) {
+            Some(file) => file,
+            None => ApiError(Error::not_found("no such route")).error_response(),
+        }
+    }));
 }
 
 /// An `Error` as a REST reply: the status plus `{"error": {"code", "message"}}`, and a

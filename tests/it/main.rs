@@ -24,6 +24,8 @@
 //!   Sentinel failover, fail-fast while down, one round trip per operation.
 //! - `full_disk`: the data dir on a small tmpfs: refused sends, unready, recovery, nothing lost.
 //! - `config_file`: the shipped config is valid and equals the defaults.
+//! - `web_client`: the embedded page and its assets as served (the browser tests are in
+//!   `web/e2e/`, run by `scripts/web e2e`).
 //! - `tidy`: repository rules (module headers, the CI command matches the README).
 
 mod bad_input;
@@ -47,3 +49,4 @@ mod restart;
 mod store_conformance;
 mod store_unavailable;
 mod tidy;
+mod web_client;

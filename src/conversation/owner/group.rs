@@ -214,7 +214,10 @@ impl Owner {
         audience.sort();
         audience.dedup();
         let changed = Changed { seq, message_id: message.message_id, ts: message.ts };
-        self.publish(vec![message_event(message, event, audience.into())]).await;
+        // Every device gets it, the acting one too: the change came over REST, not as a `send`.
+        let mut publish = message_event(message, event, audience.into());
+        publish.except = crate::delivery::Audience::All;
+        self.publish(vec![publish]).await;
         Ok(changed)
     }
 
