@@ -206,7 +206,7 @@ pub enum GroupAction {
 
 /// A change to a group, applied after its system message at `seq` is stored: the member
 /// records it writes (added, removed, role changed), and a new title, key or deletion. Kept
-/// as the group's pending update between the two writes, so a crash between them is finished
+/// as a pending update of the group between the two writes, so a crash between them is finished
 /// by the next owner (see `DirectoryStore::begin_group_update`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupUpdate {

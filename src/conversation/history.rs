@@ -228,17 +228,21 @@ impl HistoryReader {
                 None => None,
             };
             let mine = self.watermarks(id, user).await?;
+            let left = window.until_seq.is_some();
             out.push(ConversationSummary {
                 conversation_id: id,
                 kind: info.kind,
-                title: info.title.clone(),
-                members: info.members.to_vec(),
+                // A former member learns nothing of the group after their removal: not its
+                // members, not a later title (the history up to the removal names both).
+                title: if left { None } else { info.title.clone() },
+                members: if left { Vec::new() } else { info.members.to_vec() },
                 role: info.is_group().then_some(window.role),
-                left: window.until_seq.is_some(),
+                left,
                 last_seq,
                 delivered_seq: mine.delivered_seq,
                 read_seq: mine.read_seq,
-                unread: last_seq.saturating_sub(mine.read_seq),
+                // Nothing before the member joined counts as unread.
+                unread: last_seq.saturating_sub(mine.read_seq.max(window.since_seq.saturating_sub(1))),
                 last_message,
             });
         }

@@ -143,9 +143,12 @@ pub async fn users_by_id(
         )
         .into());
     }
-    let lookups = ids.iter().map(|&id| node.accounts.user(id));
+    use futures_util::StreamExt;
+    // At most 16 store reads in flight per request, whatever the number of ids.
+    let found: Vec<_> =
+        futures_util::stream::iter(ids.iter().map(|&id| node.accounts.user(id))).buffered(16).collect().await;
     let mut users = Vec::new();
-    for found in futures_util::future::join_all(lookups).await {
+    for found in found {
         if let Some(user) = found? {
             users.push(UserReply { user_id: user.id, username: user.username });
         }

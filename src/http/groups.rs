@@ -166,7 +166,11 @@ pub async fn set_role(
 /// The current members with their roles and watermarks (members only).
 pub async fn members(node: NodeData, who: Authenticated, id: web::Path<String>) -> ApiResult<HttpResponse> {
     let id = conversation_id(&id)?;
-    node.conversations.for_member(id, who.0.user_id).await?;
+    // Checked against the store (not a cached view), so a removal on any node counts at once.
+    let (_, window) = node.conversations.reader(id, who.0.user_id).await?;
+    if !window.is_active() {
+        return Err(Error::forbidden("you are no longer a member of this group").into());
+    }
     let members: Vec<_> = node
         .stores
         .chat

@@ -13,7 +13,7 @@ use rust_embed::RustEmbed;
 struct Assets;
 
 /// What the page may load: only this origin (scripts, styles, the WebSocket, images).
-const CSP: &str = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data: blob:; \
+const CSP: &str = "default-src 'self'; connect-src 'self'; img-src 'self' data: blob:; \
                    style-src 'self'; script-src 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 const NOT_BUILT: &str = "<!doctype html><meta charset=utf-8><title>switchboard</title>\
@@ -42,8 +42,12 @@ pub async fn index() -> HttpResponse {
     })
 }
 
-/// `GET /{file}` and `GET /assets/{file}`: a file of the client, or `None` for the JSON 404.
+/// `GET /{file}` and `GET /assets/{file}` (or `HEAD`): a file of the client, or `None` for the
+/// JSON 404.
 pub fn static_file(req: &HttpRequest) -> Option<HttpResponse> {
+    if req.method() != actix_web::http::Method::GET && req.method() != actix_web::http::Method::HEAD {
+        return None;
+    }
     let path = req.path().trim_start_matches('/');
     if path.is_empty() || path.contains("..") || path.starts_with("v1/") {
         return None;

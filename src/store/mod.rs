@@ -95,18 +95,19 @@ pub trait DirectoryStore: Send + Sync + 'static {
     /// Creates a group with its first members (their conversation lists include it). Durable on
     /// return. Later changes go through `begin_group_update` / `apply_group_update`.
     async fn create_group(&self, conversation: &Conversation, members: &[MemberRecord]) -> StoreResult<()>;
-    /// Records `update` as the group's pending update, before its system message is appended
-    /// (replacing any older pending one). Durable on return.
+    /// Records `update` as a pending update of the group, before its system message is
+    /// appended; each is its own record (by seq and message id), so a stale writer's or an
+    /// abandoned attempt's record never hides another's. Durable on return.
     async fn begin_group_update(&self, id: ConversationId, update: &GroupUpdate) -> StoreResult<()>;
-    /// The group's pending update, if one was begun and not applied or discarded.
-    async fn pending_group_update(&self, id: ConversationId) -> StoreResult<Option<GroupUpdate>>;
+    /// The group's pending updates (begun, neither applied nor discarded), ascending by seq.
+    async fn pending_group_updates(&self, id: ConversationId) -> StoreResult<Vec<GroupUpdate>>;
     /// Applies `update` once its system message is stored: writes its member records (an added
     /// member's conversation list gains the group; watermarks start at 0 for a new member), its
-    /// title, key and deletion, and clears it as pending. Idempotent; a record never replaces
-    /// one written by a later update (higher `seq`). Durable on return.
+    /// title, key and deletion, and removes its pending record. Idempotent; a record never
+    /// replaces one written by a later update (higher `seq`). Durable on return.
     async fn apply_group_update(&self, id: ConversationId, update: &GroupUpdate) -> StoreResult<()>;
-    /// Clears the pending update at `seq` (its message was never stored). Idempotent.
-    async fn discard_group_update(&self, id: ConversationId, seq: u64) -> StoreResult<()>;
+    /// Removes `update`'s pending record (its message was never stored). Idempotent.
+    async fn discard_group_update(&self, id: ConversationId, update: &GroupUpdate) -> StoreResult<()>;
     async fn user_conversations(&self, user: UserId) -> StoreResult<Vec<ConversationId>>;
     /// Records that `user` has sent a message in the conversation (idempotent).
     async fn mark_posted(&self, conversation: ConversationId, user: UserId) -> StoreResult<()>;

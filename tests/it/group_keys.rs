@@ -17,7 +17,7 @@ use switchboard::store::{DirectoryStore, MessageLog};
 use switchboard::telemetry::Metrics;
 
 fn owners_over(
-    store: Arc<EmbeddedStore>,
+    store: Arc<dyn switchboard::store::ChatStore>,
     conversations: Arc<Conversations>,
 ) -> switchboard::conversation::owner::OwnerHandle {
     use actix::Actor;
@@ -131,7 +131,7 @@ async fn a_change_left_pending_by_a_crash_is_finished_or_dropped_by_the_next_loa
         .unwrap()
         .unwrap();
     assert_eq!(sent.seq, 2);
-    assert_eq!(store.pending_group_update(info.id).await.unwrap(), None);
+    assert_eq!(store.pending_group_updates(info.id).await.unwrap(), vec![]);
 
     // A pending update whose message never landed is dropped: the ghost is not a member.
     let never =
@@ -151,5 +151,44 @@ async fn a_change_left_pending_by_a_crash_is_finished_or_dropped_by_the_next_loa
         .await
         .unwrap();
     assert!(refused.is_err(), "{refused:?}");
-    assert_eq!(store.pending_group_update(info.id).await.unwrap(), None);
+    assert_eq!(store.pending_group_updates(info.id).await.unwrap(), vec![]);
+}
+
+#[actix_rt::test]
+async fn a_change_whose_append_answer_was_lost_is_applied_not_dropped() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(super::owner_restart::PanicsOnce {
+        inner: EmbeddedStore::open(dir.path()).unwrap(),
+        armed: AtomicBool::new(false),
+        lose_system_ack: AtomicBool::new(false),
+    });
+    let conversations = Arc::new(Conversations::new(store.clone(), Some(MasterKey::generate())));
+    let owners = owners_over(store.clone(), conversations.clone());
+    let (owner, leaves) = (UserId::generate(), UserId::generate());
+    let group = conversations.create_group(owner, "lost ack".into(), &[leaves]).await.unwrap().id;
+    let change = |action| ChangeRequest { from: identity(owner), conversation_id: group, action };
+    owners.change(change(GroupAction::Create)).unwrap().await.unwrap().unwrap();
+    // The removal's message is stored but its append reports a failure (a timed-out write
+    // that landed): the caller gets an error, and the change must still take effect.
+    store.lose_system_ack.store(true, Ordering::SeqCst);
+    let answer = owners.change(change(GroupAction::Remove { user: leaves })).unwrap().await.unwrap();
+    assert!(answer.is_err(), "{answer:?}");
+    // The next request loads the group again: the removal is applied from its pending record.
+    let refused = owners
+        .send(SendRequest {
+            from: identity(leaves),
+            conversation_id: group,
+            client_msg_id: "still here?".into(),
+            body: "x".into(),
+            attachments: vec![],
+        })
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(refused.unwrap_err().code, switchboard::error::ErrorCode::Forbidden);
+    assert_eq!(store.pending_group_updates(group).await.unwrap(), vec![]);
+    let record = store.member(group, leaves).await.unwrap().unwrap().record;
+    assert_eq!(record.until_seq, Some(2));
+    assert_eq!(store.conversation(group).await.unwrap().unwrap().rotated_keys.len(), 1, "the key rotated");
 }

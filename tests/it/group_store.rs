@@ -66,9 +66,9 @@ async fn a_group_update_is_pending_until_applied_or_discarded() {
         // Add bob at seq 2, remove alice at seq 3 with a new key, rename and promote at 4.
         let add = update(2, vec![record(bob, Role::Member, 2, None, 2)]);
         b.chat.begin_group_update(g.id, &add).await.unwrap();
-        assert_eq!(b.chat.pending_group_update(g.id).await.unwrap(), Some(add.clone()), "{}", b.name);
+        assert_eq!(b.chat.pending_group_updates(g.id).await.unwrap(), vec![add.clone()], "{}", b.name);
         b.chat.apply_group_update(g.id, &add).await.unwrap();
-        assert_eq!(b.chat.pending_group_update(g.id).await.unwrap(), None, "{}", b.name);
+        assert_eq!(b.chat.pending_group_updates(g.id).await.unwrap(), vec![], "{}", b.name);
         assert!(b.chat.user_conversations(bob).await.unwrap().contains(&g.id), "{}", b.name);
         let bob_member = b.chat.member(g.id, bob).await.unwrap().unwrap();
         assert_eq!(
@@ -107,14 +107,18 @@ async fn a_group_update_is_pending_until_applied_or_discarded() {
         assert_eq!(b.chat.member(g.id, bob).await.unwrap().unwrap().record.role, Role::Admin, "{}", b.name);
         assert_eq!(b.chat.conversation(g.id).await.unwrap().unwrap().title.as_deref(), Some("renamed"));
 
-        // A pending update whose message never landed is discarded; a newer one survives an
-        // older discard.
+        // A pending update whose message never landed is discarded; discarding another one
+        // leaves it; a second attempt at the same seq is not hidden by the first's discard.
         let never = update(5, vec![record(alice, Role::Member, 5, None, 5)]);
         b.chat.begin_group_update(g.id, &never).await.unwrap();
-        b.chat.discard_group_update(g.id, 4).await.unwrap();
-        assert_eq!(b.chat.pending_group_update(g.id).await.unwrap(), Some(never.clone()), "{}", b.name);
-        b.chat.discard_group_update(g.id, 5).await.unwrap();
-        assert_eq!(b.chat.pending_group_update(g.id).await.unwrap(), None, "{}", b.name);
+        b.chat.discard_group_update(g.id, &rename).await.unwrap();
+        assert_eq!(b.chat.pending_group_updates(g.id).await.unwrap(), vec![never.clone()], "{}", b.name);
+        b.chat.discard_group_update(g.id, &never).await.unwrap();
+        assert_eq!(b.chat.pending_group_updates(g.id).await.unwrap(), vec![], "{}", b.name);
+        let retry = update(5, vec![record(alice, Role::Member, 5, None, 5)]);
+        b.chat.begin_group_update(g.id, &retry).await.unwrap();
+        assert_eq!(b.chat.pending_group_updates(g.id).await.unwrap(), vec![retry.clone()], "{}", b.name);
+        b.chat.discard_group_update(g.id, &retry).await.unwrap();
         assert_eq!(
             b.chat.member(g.id, alice).await.unwrap().unwrap().record.until_seq,
             Some(3),

@@ -17,10 +17,13 @@ use switchboard::store::presence::MemoryDirectory;
 use switchboard::store::{AppendError, Claim, DirectoryStore, MessageLog, ReceiptStore, StoreResult};
 use switchboard::telemetry::Metrics;
 
-/// The embedded store, except that the first append panics.
-struct PanicsOnce {
-    inner: EmbeddedStore,
-    armed: AtomicBool,
+/// The embedded store with injected faults: the first append panics (`armed`), or a system
+/// message's append is stored and then reported failed, as a timed-out write that landed
+/// (`lose_system_ack`; used by `group_keys`).
+pub(crate) struct PanicsOnce {
+    pub(crate) inner: EmbeddedStore,
+    pub(crate) armed: AtomicBool,
+    pub(crate) lose_system_ack: AtomicBool,
 }
 
 #[async_trait]
@@ -46,14 +49,14 @@ impl DirectoryStore for PanicsOnce {
     async fn begin_group_update(&self, id: ConversationId, u: &GroupUpdate) -> StoreResult<()> {
         self.inner.begin_group_update(id, u).await
     }
-    async fn pending_group_update(&self, id: ConversationId) -> StoreResult<Option<GroupUpdate>> {
-        self.inner.pending_group_update(id).await
+    async fn pending_group_updates(&self, id: ConversationId) -> StoreResult<Vec<GroupUpdate>> {
+        self.inner.pending_group_updates(id).await
     }
     async fn apply_group_update(&self, id: ConversationId, u: &GroupUpdate) -> StoreResult<()> {
         self.inner.apply_group_update(id, u).await
     }
-    async fn discard_group_update(&self, id: ConversationId, seq: u64) -> StoreResult<()> {
-        self.inner.discard_group_update(id, seq).await
+    async fn discard_group_update(&self, id: ConversationId, u: &GroupUpdate) -> StoreResult<()> {
+        self.inner.discard_group_update(id, u).await
     }
     async fn user_conversations(&self, user: UserId) -> StoreResult<Vec<ConversationId>> {
         self.inner.user_conversations(user).await
@@ -73,7 +76,15 @@ impl MessageLog for PanicsOnce {
     }
     async fn append(&self, messages: &[StoredMessage]) -> Result<(), AppendError> {
         assert!(!self.armed.swap(false, Ordering::SeqCst), "injected panic in append");
-        self.inner.append(messages).await
+        self.inner.append(messages).await?;
+        if messages.iter().any(|m| m.kind == MessageKind::System)
+            && self.lose_system_ack.swap(false, Ordering::SeqCst)
+        {
+            return Err(
+                switchboard::store::StoreError::Unavailable("injected: stored, answer lost".into()).into()
+            );
+        }
+        Ok(())
     }
     async fn claim(&self, c: ConversationId, node: &str) -> StoreResult<Claim> {
         self.inner.claim(c, node).await
@@ -136,6 +147,7 @@ async fn a_panicking_shard_is_restarted_and_counted() {
     let store = Arc::new(PanicsOnce {
         inner: EmbeddedStore::open(dir.path()).unwrap(),
         armed: AtomicBool::new(true),
+        lose_system_ack: AtomicBool::new(false),
     });
     let conversations = Arc::new(Conversations::new(store.clone(), Some(MasterKey::generate())));
     let registry = Registry::new("n1".into(), Arc::new(MemoryDirectory::default()), false).start();

@@ -56,8 +56,7 @@ impl Owner {
         let conversation = request.conversation_id;
         let last = self.last_seq_of(conversation).await?;
         let info = self
-            .conversations
-            .get(conversation)
+            .view(conversation)
             .await?
             .filter(|i| !i.deleted)
             .ok_or_else(|| Error::not_found("no such conversation"))?;
@@ -185,15 +184,13 @@ impl Owner {
             epoch: self.epochs.get(&conversation).copied().unwrap_or(0),
         };
         if let Err(failure) = self.store.append(std::slice::from_ref(&message)).await {
-            self.last_seq.remove(&conversation);
-            self.epochs.remove(&conversation);
+            // The outcome may be unknown (a timed-out write can still land): the pending record
+            // stays, and the next load of the group (`finish_pending`, after a claim that
+            // completes any write in flight) applies it if its message is stored, drops it if not.
+            self.forget(conversation);
             if matches!(failure.error, crate::store::StoreError::Fenced(_)) {
                 Metrics::inc(&self.metrics.appends_fenced_total);
                 self.lost.insert(conversation, self.placement.refreshes());
-            }
-            if has_effect && let Err(e) = self.store.discard_group_update(conversation, seq).await {
-                // Left pending: the next load of the group drops it (its message is not stored).
-                tracing::warn!(%conversation, error = %e, "could not drop a group update whose message failed");
             }
             return Err(failure.error.into());
         }
@@ -203,9 +200,20 @@ impl Owner {
             // The message is stored, so the change happened: the next load of the group applies
             // it (`finish_pending`). Forget the group so that load comes first.
             tracing::warn!(%conversation, error = %e, "group update stored but not yet applied");
-            self.last_seq.remove(&conversation);
+            self.forget(conversation);
         }
-        let after = self.conversations.reload(conversation).await.ok().flatten();
+        // The shard's own view of the group after the change; if it cannot be read, the shard
+        // forgets the group and loads it afresh before its next request.
+        let after = match self.conversations.reload(conversation).await {
+            Ok(Some(after)) if self.last_seq.contains_key(&conversation) => {
+                self.views.insert(conversation, after.clone());
+                Some(after)
+            }
+            _ => {
+                self.forget(conversation);
+                None
+            }
+        };
         let mut audience: Vec<UserId> = info.members.to_vec();
         audience.extend(update.members.iter().map(|r| r.user_id));
         if let Some(after) = &after {
@@ -213,6 +221,11 @@ impl Owner {
         }
         audience.sort();
         audience.dedup();
+        if let Some(waiting) = self.group_receipts.get_mut(&conversation) {
+            // Receipts queued before the change go to the members after it.
+            waiting.audience =
+                after.as_ref().map(|a| a.members.clone()).unwrap_or_else(|| audience.clone().into());
+        }
         let changed = Changed { seq, message_id: message.message_id, ts: message.ts };
         // Every device gets it, the acting one too: the change came over REST, not as a `send`.
         let mut publish = message_event(message, event, audience.into());
@@ -221,10 +234,11 @@ impl Owner {
         Ok(changed)
     }
 
-    /// Finishes or drops the group's pending update (see the module doc), then reloads the
-    /// group. Called when a shard first loads a group's last seq.
+    /// Finishes or drops the group's pending updates (see the module doc), then reads the group
+    /// afresh into the shard's own view. Called when a shard loads a group's last seq (first
+    /// use, after a failure, or a takeover — whose claim completes any append left in flight).
     pub(super) async fn finish_pending(&mut self, conversation: ConversationId, last_seq: u64) -> Result<()> {
-        if let Some(pending) = self.store.pending_group_update(conversation).await? {
+        for pending in self.store.pending_group_updates(conversation).await? {
             let stored = pending.seq <= last_seq
                 && self
                     .store
@@ -236,10 +250,15 @@ impl Owner {
                 tracing::info!(%conversation, seq = pending.seq, "finishing a group change left pending");
                 self.store.apply_group_update(conversation, &pending).await?;
             } else {
-                self.store.discard_group_update(conversation, pending.seq).await?;
+                self.store.discard_group_update(conversation, &pending).await?;
             }
         }
-        self.conversations.reload(conversation).await?;
+        let view = self
+            .conversations
+            .reload(conversation)
+            .await?
+            .ok_or_else(|| Error::not_found("no such conversation"))?;
+        self.views.insert(conversation, view);
         Ok(())
     }
 }

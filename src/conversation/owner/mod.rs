@@ -146,6 +146,10 @@ pub struct Owner {
     /// Group receipt changes not yet pushed, and when they are due.
     group_receipts: HashMap<ConversationId, GroupReceipts>,
     receipts_due: Option<Instant>,
+    /// The shard's own view of each group it has loaded: filled only by the shard itself (on
+    /// load and after each change), so a stale read elsewhere on the node (the shared cache is
+    /// reloaded by readers) can never make it accept a removed member or seal with an old key.
+    views: HashMap<ConversationId, Arc<ConversationInfo>>,
     /// The highest seq durably stored per conversation, loaded on first use.
     last_seq: HashMap<ConversationId, u64>,
     /// (conversation, author) pairs known to be recorded as posters (bounded; see `POSTED_MAX`).
@@ -230,6 +234,7 @@ impl Owner {
                     receipt_flush: settings.receipt_flush,
                     group_receipts: HashMap::new(),
                     receipts_due: None,
+                    views: HashMap::new(),
                     last_seq: HashMap::new(),
                     posted: Default::default(),
                 };
@@ -271,6 +276,7 @@ impl Owner {
                 batch.clear();
                 self.last_seq.clear();
                 self.epochs.clear();
+                self.views.clear();
             }
         }
     }
@@ -302,7 +308,7 @@ impl Owner {
                         let _ = reply.send(Err(e));
                         continue;
                     }
-                    match self.conversations.for_member(send.conversation_id, send.from.user_id).await {
+                    match self.for_member(send.conversation_id, send.from.user_id).await {
                         Ok(info) => {
                             index.insert(key, candidates.len());
                             candidates.push(Candidate { send, info, replies: vec![reply] });
@@ -440,6 +446,36 @@ impl Owner {
         Ok(claim.last_seq)
     }
 
+    /// The conversation as this shard sees it: its own view of a group it loaded, otherwise the
+    /// node's (a direct conversation never changes).
+    async fn view(&self, conversation: ConversationId) -> Result<Option<Arc<ConversationInfo>>> {
+        if let Some(view) = self.views.get(&conversation) {
+            return Ok(Some(view.clone()));
+        }
+        self.conversations.get(conversation).await
+    }
+
+    /// `Conversations::for_member`, against the shard's own view.
+    async fn for_member(&self, conversation: ConversationId, user: UserId) -> Result<Arc<ConversationInfo>> {
+        let info = self
+            .view(conversation)
+            .await?
+            .filter(|i| !i.deleted)
+            .ok_or_else(|| Error::not_found("no such conversation"))?;
+        if !info.is_member(user) {
+            return Err(Error::forbidden("you are not a member of this conversation"));
+        }
+        Ok(info)
+    }
+
+    /// Drops what the shard holds of a conversation; its next request loads it afresh (a
+    /// group's pending changes finished, its view read again; in a cluster, claimed again).
+    fn forget(&mut self, conversation: ConversationId) {
+        self.last_seq.remove(&conversation);
+        self.epochs.remove(&conversation);
+        self.views.remove(&conversation);
+    }
+
     /// A group loaded by this shard (first use, or taken over): its pending change is finished
     /// or dropped and its members read afresh, so sends are checked against the current ones.
     async fn after_load(&mut self, conversation: ConversationId, last_seq: u64) -> Result<()> {
@@ -460,6 +496,7 @@ impl Owner {
         self.epochs.retain(|c, _| placement.is_local(*c));
         let epochs = &self.epochs;
         self.last_seq.retain(|c, _| epochs.contains_key(c));
+        self.views.retain(|c, _| epochs.contains_key(c));
         if self.lost.len() > 100_000 {
             self.lost.clear();
         }
@@ -511,8 +548,7 @@ impl Owner {
             } else {
                 // Forget the reservation: the next send reloads last_seq from the store (in a
                 // cluster: claims the conversation again, unless another node fenced it).
-                self.last_seq.remove(&a.message.conversation_id);
-                self.epochs.remove(&a.message.conversation_id);
+                self.forget(a.message.conversation_id);
                 if fenced {
                     Metrics::inc(&self.metrics.appends_fenced_total);
                     self.lost.insert(a.message.conversation_id, self.placement.refreshes());
@@ -555,7 +591,7 @@ impl Owner {
         for (user, conversation, to, reply) in receipts {
             let checked = async {
                 let last = self.last_seq_of(conversation).await?;
-                let info = self.conversations.for_member(conversation, user).await?;
+                let info = self.for_member(conversation, user).await?;
                 // Nobody can have received what is not stored yet.
                 Ok::<_, Error>((
                     Watermarks { delivered_seq: to.delivered_seq.min(last), read_seq: to.read_seq.min(last) },

@@ -103,16 +103,16 @@ impl DirectoryStore for CassandraStore {
         self.c()?.begin_group_update(id, update).await
     }
 
-    async fn pending_group_update(&self, id: ConversationId) -> StoreResult<Option<GroupUpdate>> {
-        self.c()?.pending_group_update(id).await
+    async fn pending_group_updates(&self, id: ConversationId) -> StoreResult<Vec<GroupUpdate>> {
+        self.c()?.pending_group_updates(id).await
     }
 
     async fn apply_group_update(&self, id: ConversationId, update: &GroupUpdate) -> StoreResult<()> {
         self.c()?.apply_group_update(id, update).await
     }
 
-    async fn discard_group_update(&self, id: ConversationId, seq: u64) -> StoreResult<()> {
-        self.c()?.discard_group_update(id, seq).await
+    async fn discard_group_update(&self, id: ConversationId, update: &GroupUpdate) -> StoreResult<()> {
+        self.c()?.discard_group_update(id, update).await
     }
 
     async fn user_conversations(&self, user: UserId) -> StoreResult<Vec<ConversationId>> {

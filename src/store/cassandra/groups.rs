@@ -1,5 +1,6 @@
 //! Groups on Cassandra: member records (role, readable window) as columns of `members`, rotated
-//! keys in `conversation_keys`, the title, deletion and pending update on the conversation row.
+//! keys in `conversation_keys`, the title and deletion on the conversation row, pending updates
+//! in `group_pending` (one row per attempt).
 //! Every group write carries `USING TIMESTAMP` derived from the seq of its change
 //! (`change_ts`), so last-write-wins orders them by seq: a replayed or late older change never
 //! overwrites a newer one, and each write is idempotent.
@@ -18,8 +19,7 @@ use uuid::Uuid;
 /// size warning whatever the group's size.
 const RECORDS_PER_BATCH: usize = 50;
 
-/// The write timestamp of the change at `seq` (creation is seq 0); `+ 1` of it clears that
-/// change's pending update.
+/// The write timestamp of the change at `seq` (creation is seq 0).
 fn change_ts(seq: u64) -> i64 {
     ((seq + 1) * 2) as i64
 }
@@ -28,7 +28,8 @@ pub(super) struct GroupStatements {
     insert_group: PreparedStatement,
     set_title: PreparedStatement,
     set_deleted: PreparedStatement,
-    set_pending: PreparedStatement,
+    insert_pending: PreparedStatement,
+    delete_pending: PreparedStatement,
     pending: PreparedStatement,
     deleted: PreparedStatement,
     keys: PreparedStatement,
@@ -58,11 +59,15 @@ impl GroupStatements {
                 "UPDATE {ks}.conversations USING TIMESTAMP ? SET deleted = true WHERE conversation_id = ?"
             ))
             .await?,
-            set_pending: p(format!(
-                "UPDATE {ks}.conversations USING TIMESTAMP ? SET pending = ? WHERE conversation_id = ?"
+            insert_pending: p(format!(
+                "INSERT INTO {ks}.group_pending (conversation_id, seq, message_id, update) VALUES (?, ?, ?, ?)"
             ))
             .await?,
-            pending: p(format!("SELECT pending FROM {ks}.conversations WHERE conversation_id = ?")).await?,
+            delete_pending: p(format!(
+                "DELETE FROM {ks}.group_pending WHERE conversation_id = ? AND seq = ? AND message_id = ?"
+            ))
+            .await?,
+            pending: p(format!("SELECT update FROM {ks}.group_pending WHERE conversation_id = ?")).await?,
             deleted: p(format!("SELECT deleted FROM {ks}.conversations WHERE conversation_id = ?")).await?,
             keys: p(format!("SELECT from_seq, wrapped_key FROM {ks}.conversation_keys WHERE conversation_id = ?"))
                 .await?,
@@ -191,17 +196,14 @@ impl Connected {
         update: &GroupUpdate,
     ) -> StoreResult<()> {
         let bytes = postcard::to_stdvec(update).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.run(&self.gst.set_pending, (change_ts(update.seq), Some(bytes), id.0)).await
+        self.run(&self.gst.insert_pending, (id.0, update.seq as i64, update.message_id.0, bytes)).await
     }
 
-    pub(super) async fn pending_group_update(&self, id: ConversationId) -> StoreResult<Option<GroupUpdate>> {
-        let rows = self.rows::<(Option<Vec<u8>>,)>(&self.gst.pending, (id.0,)).await?;
-        match rows.into_iter().next().and_then(|(p,)| p) {
-            None => Ok(None),
-            Some(bytes) => {
-                postcard::from_bytes(&bytes).map(Some).map_err(|e| StoreError::Corrupt(e.to_string()))
-            }
-        }
+    pub(super) async fn pending_group_updates(&self, id: ConversationId) -> StoreResult<Vec<GroupUpdate>> {
+        let rows = self.paged_rows::<(Vec<u8>,)>(&self.gst.pending, (id.0,)).await?;
+        rows.into_iter()
+            .map(|(bytes,)| postcard::from_bytes(&bytes).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .collect()
     }
 
     pub(super) async fn apply_group_update(
@@ -219,12 +221,15 @@ impl Connected {
         if update.deleted {
             self.run(&self.gst.set_deleted, (change_ts(update.seq), id.0)).await?;
         }
-        self.discard_group_update(id, update.seq).await
+        self.discard_group_update(id, update).await
     }
 
-    /// Clears the pending update of `seq`: a write just above its timestamp, so a later
-    /// update's pending record (a higher timestamp) is never cleared by it.
-    pub(super) async fn discard_group_update(&self, id: ConversationId, seq: u64) -> StoreResult<()> {
-        self.run(&self.gst.set_pending, (change_ts(seq) + 1, None::<Vec<u8>>, id.0)).await
+    /// Removes exactly this update's pending row (never another attempt's).
+    pub(super) async fn discard_group_update(
+        &self,
+        id: ConversationId,
+        update: &GroupUpdate,
+    ) -> StoreResult<()> {
+        self.run(&self.gst.delete_pending, (id.0, update.seq as i64, update.message_id.0)).await
     }
 }

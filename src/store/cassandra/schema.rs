@@ -10,8 +10,8 @@ use scylla::client::session::Session;
 /// 2 added `device_seen` and `meta`; every table is `CREATE ... IF NOT EXISTS`, so applying
 /// the schema again upgrades a version 1 keyspace. 3 added the owner epochs (`messages.epoch`,
 /// the static `messages.owner_epoch`, `conversation_owners`) for cluster fencing. 4 added
-/// groups: member records on `members`, `conversations.deleted` and `.pending`,
-/// `conversation_keys`.
+/// groups: member records on `members`, `conversations.deleted`, `conversation_keys`,
+/// `group_pending`.
 pub const SCHEMA_VERSION: i32 = 4;
 const SCHEMA: &str = include_str!("../../../schema.cql");
 

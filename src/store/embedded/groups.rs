@@ -13,6 +13,14 @@ fn key_epoch_key(conversation: ConversationId, from_seq: u64) -> [u8; 24] {
     super::message_key(conversation, from_seq)
 }
 
+/// A pending update's key: conversation, seq, message id (so records sort by seq).
+fn pending_key(conversation: ConversationId, update: &GroupUpdate) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..24].copy_from_slice(&super::message_key(conversation, update.seq));
+    k[24..].copy_from_slice(update.message_id.as_bytes());
+    k
+}
+
 impl Inner {
     /// The record of a member whose `members` key is `key` (a direct member has none stored).
     pub(super) fn member_record(&self, key: &[u8], user_id: UserId) -> StoreResult<MemberRecord> {
@@ -65,8 +73,17 @@ impl Inner {
 
     pub(super) fn begin_group_update(&self, id: ConversationId, update: &GroupUpdate) -> StoreResult<()> {
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
-        batch.insert(&self.group_pending, id.as_bytes(), encode(update));
+        batch.insert(&self.group_pending, pending_key(id, update), encode(update));
         batch.commit().map_err(unavailable)
+    }
+
+    pub(super) fn pending_group_updates(&self, id: ConversationId) -> StoreResult<Vec<GroupUpdate>> {
+        let mut out = Vec::new();
+        for guard in self.group_pending.prefix(id.as_bytes()) {
+            let value = guard.value().map_err(unavailable)?;
+            out.push(super::decode::<GroupUpdate>(&value)?);
+        }
+        Ok(out)
     }
 
     pub(super) fn apply_group_update(&self, id: ConversationId, update: &GroupUpdate) -> StoreResult<()> {
@@ -99,19 +116,13 @@ impl Inner {
         if update.deleted {
             batch.insert(&self.groups_deleted, cid, []);
         }
-        if self.get::<GroupUpdate>(&self.group_pending, cid)?.is_some_and(|p| p.seq <= update.seq) {
-            batch.remove(&self.group_pending, cid);
-        }
+        batch.remove(&self.group_pending, pending_key(id, update));
         batch.commit().map_err(unavailable)
     }
 
-    pub(super) fn discard_group_update(&self, id: ConversationId, seq: u64) -> StoreResult<()> {
-        let _guard = self.lock();
-        if self.get::<GroupUpdate>(&self.group_pending, id.as_bytes())?.is_some_and(|p| p.seq == seq) {
-            let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
-            batch.remove(&self.group_pending, id.as_bytes());
-            batch.commit().map_err(unavailable)?;
-        }
-        Ok(())
+    pub(super) fn discard_group_update(&self, id: ConversationId, update: &GroupUpdate) -> StoreResult<()> {
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
+        batch.remove(&self.group_pending, pending_key(id, update));
+        batch.commit().map_err(unavailable)
     }
 }

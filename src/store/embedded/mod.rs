@@ -61,7 +61,8 @@ struct Inner {
     member_records: Keyspace,
     /// conversation_id ++ from_seq(BE) → wrapped key (keys after the first)
     conversation_keys: Keyspace,
-    /// conversation_id → GroupUpdate: written before its system message, cleared once applied
+    /// conversation_id ++ seq(BE) ++ message_id → GroupUpdate: written before its system
+    /// message, removed once applied or discarded
     group_pending: Keyspace,
     /// conversation_id → (): deleted groups
     groups_deleted: Keyspace,
@@ -472,8 +473,8 @@ impl DirectoryStore for EmbeddedStore {
         self.blocking(move |s| s.begin_group_update(id, &update)).await
     }
 
-    async fn pending_group_update(&self, id: ConversationId) -> StoreResult<Option<GroupUpdate>> {
-        self.blocking(move |s| s.get(&s.group_pending, id.as_bytes())).await
+    async fn pending_group_updates(&self, id: ConversationId) -> StoreResult<Vec<GroupUpdate>> {
+        self.blocking(move |s| s.pending_group_updates(id)).await
     }
 
     async fn apply_group_update(&self, id: ConversationId, update: &GroupUpdate) -> StoreResult<()> {
@@ -481,8 +482,9 @@ impl DirectoryStore for EmbeddedStore {
         self.blocking(move |s| s.apply_group_update(id, &update)).await
     }
 
-    async fn discard_group_update(&self, id: ConversationId, seq: u64) -> StoreResult<()> {
-        self.blocking(move |s| s.discard_group_update(id, seq)).await
+    async fn discard_group_update(&self, id: ConversationId, update: &GroupUpdate) -> StoreResult<()> {
+        let update = update.clone();
+        self.blocking(move |s| s.discard_group_update(id, &update)).await
     }
 
     async fn user_conversations(&self, user: UserId) -> StoreResult<Vec<ConversationId>> {
