@@ -60,14 +60,14 @@ impl GroupStatements {
             ))
             .await?,
             insert_pending: p(format!(
-                "INSERT INTO {ks}.group_pending (conversation_id, seq, message_id, update) VALUES (?, ?, ?, ?)"
+                "INSERT INTO {ks}.group_pending (conversation_id, seq, message_id, payload) VALUES (?, ?, ?, ?)"
             ))
             .await?,
             delete_pending: p(format!(
                 "DELETE FROM {ks}.group_pending WHERE conversation_id = ? AND seq = ? AND message_id = ?"
             ))
             .await?,
-            pending: p(format!("SELECT update FROM {ks}.group_pending WHERE conversation_id = ?")).await?,
+            pending: p(format!("SELECT payload FROM {ks}.group_pending WHERE conversation_id = ?")).await?,
             deleted: p(format!("SELECT deleted FROM {ks}.conversations WHERE conversation_id = ?")).await?,
             keys: p(format!("SELECT from_seq, wrapped_key FROM {ks}.conversation_keys WHERE conversation_id = ?"))
                 .await?,
