@@ -204,3 +204,31 @@ test('accessible basics: labelled controls, Enter to send, visible focus, usable
   await page.getByTestId('conversation-item').filter({ hasText: 'alice' }).waitFor();
   await context.close();
 });
+
+test('history scrolls back a page at a time', async () => {
+  const ivy = await user('ivy');
+  const henry = await user('henry');
+  await openChatWith(henry, 'ivy');
+  for (let i = 1; i <= 60; i++) await send(henry, `note ${i}.`);
+  await messages(henry, 'note 60.').locator('[data-testid="tick"]:not([data-state="sending"])').waitFor();
+  await ivy.context.close();
+  // ivy on a new device: the list, then the newest page, then older on request.
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  page.setDefaultTimeout(WAIT);
+  await page.goto(server.url + '/');
+  await page.getByTestId('username').fill('ivy');
+  await page.getByTestId('password').fill('ivy password');
+  await page.getByTestId('login').click();
+  await page.getByTestId('conversation-item').filter({ hasText: 'henry' }).click();
+  await page.getByTestId('message').filter({ hasText: 'note 60.' }).waitFor();
+  assert.equal(await page.getByTestId('message').count(), 50, 'the newest page');
+  assert.equal(await page.getByTestId('message').filter({ hasText: 'note 1.' }).count(), 0);
+  await page.getByTestId('load-older').click();
+  await page.getByTestId('message').filter({ hasText: 'note 1.' }).waitFor();
+  const seqs = await page.getByTestId('message').evaluateAll((els) => els.map((e) => Number(e.dataset.seq)));
+  assert.deepEqual(seqs, Array.from({ length: 60 }, (_, i) => i + 1), 'all 60, once, in order');
+  assert.equal(await page.getByTestId('load-older').isVisible(), false, 'nothing older left');
+  await context.close();
+  await henry.context.close();
+});
