@@ -159,9 +159,7 @@ where
             Ok(v) => return Ok(v),
             Err(StepError::Fatal(e)) => return Err(e.into()),
             Err(StepError::Retry(e)) => {
-                let failed = servers.current().to_owned();
-                let delay = backoff.next(jitter());
-                let next = servers.rotate().to_owned();
+                let (failed, next, delay) = move_on(servers, &mut backoff);
                 eprintln!("[{what} at {failed} failed: {e}; trying {next} in {:.1} s]", delay.as_secs_f64());
                 tokio::time::sleep(delay).await;
             }
@@ -321,9 +319,7 @@ async fn chat(args: ChatArgs) -> Result<(), Failure> {
                         Ok(s) => session = s,
                         Err(StepError::Fatal(e)) => return Err(e.into()),
                         Err(StepError::Retry(e)) => {
-                            let delay = backoff.next(jitter());
-                            let failed = servers.current().to_owned();
-                            let next = servers.rotate().to_owned();
+                            let (failed, next, delay) = move_on(&mut servers, &mut backoff);
                             eprintln!(
                                 "[login at {failed} failed: {e}; trying {next} in {:.1} s]",
                                 delay.as_secs_f64()
@@ -333,9 +329,7 @@ async fn chat(args: ChatArgs) -> Result<(), Failure> {
                     }
                 }
                 Err(ConnectError::Other(e)) => {
-                    let delay = backoff.next(jitter());
-                    let failed = servers.current().to_owned();
-                    let next = servers.rotate().to_owned();
+                    let (failed, next, delay) = move_on(&mut servers, &mut backoff);
                     eprintln!(
                         "[cannot connect to {failed}: {e}; reconnecting to {next} in {:.1} s (attempt {})]",
                         delay.as_secs_f64(),
@@ -557,6 +551,15 @@ async fn next_frame(
     }
 }
 
+/// After a failure: the server that failed, the one to try next (the same when only one was
+/// given), and how long to wait first (the backoff, with jitter).
+fn move_on(servers: &mut Servers, backoff: &mut Backoff) -> (String, String, Duration) {
+    let failed = servers.current().to_owned();
+    let delay = backoff.next(jitter());
+    let next = servers.rotate().to_owned();
+    (failed, next, delay)
+}
+
 /// A connection was lost: says so on stderr, puts what was in flight back in the queue, and
 /// schedules the reconnection to the next server (the same one when only one was given) after
 /// a backoff (250 ms after a connection that worked, growing while attempts fail). Returns
@@ -570,12 +573,10 @@ fn lost(
     why: &str,
 ) -> Option<Conn> {
     let waiting = outbox.connection_lost(Instant::now());
-    servers.rotate();
-    let delay = backoff.next(jitter());
+    let (_, next, delay) = move_on(servers, backoff);
     *reconnect_at = Instant::now() + delay;
     eprintln!(
-        "[disconnected: {why}; reconnecting to {} in {:.1} s{}]",
-        servers.current(),
+        "[disconnected: {why}; reconnecting to {next} in {:.1} s{}]",
         delay.as_secs_f64(),
         if waiting > 0 { format!(", {waiting} message(s) waiting") } else { String::new() }
     );

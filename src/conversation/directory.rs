@@ -96,6 +96,20 @@ impl ConversationInfo {
     }
 }
 
+/// A conversation that exists (not a deleted group), or `not_found`.
+pub fn existing(info: Option<Arc<ConversationInfo>>) -> Result<Arc<ConversationInfo>> {
+    info.filter(|i| !i.deleted).ok_or_else(|| Error::not_found("no such conversation"))
+}
+
+/// `existing`, with `user` among its current members, or `forbidden`.
+pub fn with_member(info: Option<Arc<ConversationInfo>>, user: UserId) -> Result<Arc<ConversationInfo>> {
+    let info = existing(info)?;
+    if !info.is_member(user) {
+        return Err(Error::forbidden("you are not a member of this conversation"));
+    }
+    Ok(info)
+}
+
 /// Bound on cached conversations; past it the cache starts over (entries are cheap to reload).
 const CACHE_LIMIT: usize = 100_000;
 /// How long a group's cached view serves before it is read again (its owner node replaces it
@@ -211,15 +225,7 @@ impl Conversations {
     /// The conversation, if `user` is a member: `not_found` if it does not exist (or is a
     /// deleted group), `forbidden` if the user is not in it.
     pub async fn for_member(&self, id: ConversationId, user: UserId) -> Result<Arc<ConversationInfo>> {
-        let info = self
-            .get(id)
-            .await?
-            .filter(|i| !i.deleted)
-            .ok_or_else(|| Error::not_found("no such conversation"))?;
-        if !info.is_member(user) {
-            return Err(Error::forbidden("you are not a member of this conversation"));
-        }
-        Ok(info)
+        with_member(self.get(id).await?, user)
     }
 
     /// The conversation and the seqs `user` may read in it: all of a direct conversation; in a
@@ -231,11 +237,7 @@ impl Conversations {
         id: ConversationId,
         user: UserId,
     ) -> Result<(Arc<ConversationInfo>, MemberRecord)> {
-        let info = self
-            .get(id)
-            .await?
-            .filter(|i| !i.deleted)
-            .ok_or_else(|| Error::not_found("no such conversation"))?;
+        let info = existing(self.get(id).await?)?;
         let record = match info.kind {
             ConversationKind::Direct => info.record(user),
             ConversationKind::Group => self.store.member(id, user).await?.map(|m| m.record),

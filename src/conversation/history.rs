@@ -191,6 +191,7 @@ impl HistoryReader {
         page: Vec<StoredMessage>,
     ) -> Result<Vec<MessageView>> {
         let newest = page.last().map(|m| m.seq).unwrap_or(0);
+        let page: Arc<[StoredMessage]> = page.into();
         if info.is_group() && newest > info.newest_key_from() {
             // Cheap check first: only a page past the cached newest key can need a newer one.
             match open_all(info, page.clone()).await {
@@ -287,7 +288,7 @@ fn cut_to_json_cap(views: &mut Vec<MessageView>) -> bool {
 const OFF_THREAD_BYTES: usize = 64 * 1024;
 
 /// Decrypts stored messages of one conversation, in order.
-async fn open_all(info: &Arc<ConversationInfo>, messages: Vec<StoredMessage>) -> Result<Vec<MessageView>> {
+async fn open_all(info: &Arc<ConversationInfo>, messages: Arc<[StoredMessage]>) -> Result<Vec<MessageView>> {
     let sealed: usize = messages.iter().map(|m| m.sealed_body.len()).sum();
     if sealed < OFF_THREAD_BYTES {
         return messages.iter().map(|m| info.open(m)).collect();

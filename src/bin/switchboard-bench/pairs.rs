@@ -219,6 +219,32 @@ fn note_end(stats: &Shared, msg: Option<Result<Message, tokio_tungstenite::tungs
     }
 }
 
+/// What a read from a client's socket gave.
+enum Read {
+    Text(tokio_tungstenite::tungstenite::Utf8Bytes),
+    /// A frame with nothing to handle (ping, pong, binary).
+    Other,
+    /// The connection ended (noted in the stats unless the client reconnects on its own).
+    Ended,
+}
+
+fn read_text(
+    msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    resilient: bool,
+    stats: &Shared,
+) -> Read {
+    match msg {
+        Some(Ok(Message::Text(text))) => Read::Text(text),
+        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+            if !resilient {
+                note_end(stats, msg);
+            }
+            Read::Ended
+        }
+        Some(Ok(_)) => Read::Other,
+    }
+}
+
 /// Waits until `state()` — (settled, a progress counter) — says settled, `limit` has passed,
 /// or the counter has not moved for `QUIET` (a system still catching up keeps the wait open,
 /// up to `limit`).
@@ -619,16 +645,13 @@ async fn send_loop(
                 if s.step == step { s.pairs[pair].sent += 1 } else { s.stale += 1 }
             }
             msg = next_msg(&mut socket) => {
-                let text = match msg {
-                    Some(Ok(Message::Text(text))) => text,
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
-                        if !resilient {
-                            note_end(&stats, msg);
-                        }
+                let text = match read_text(msg, resilient, &stats) {
+                    Read::Text(text) => text,
+                    Read::Other => continue,
+                    Read::Ended => {
                         socket = None;
                         continue;
                     }
-                    Some(Ok(_)) => continue,
                 };
                 for incoming in target::parse(kind, &text) {
                     match incoming {
@@ -735,16 +758,13 @@ async fn receive_loop(
                 continue;
             }
         };
-        let text = match msg {
-            Some(Ok(Message::Text(text))) => text,
-            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
-                if !resilient {
-                    note_end(&stats, msg);
-                }
+        let text = match read_text(msg, resilient, &stats) {
+            Read::Text(text) => text,
+            Read::Other => continue,
+            Read::Ended => {
                 socket = None;
                 continue;
             }
-            Some(Ok(_)) => continue,
         };
         for incoming in target::parse(kind, &text) {
             match incoming {

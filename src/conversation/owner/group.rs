@@ -14,7 +14,7 @@
 
 use super::{Owner, message_event};
 use crate::account::Identity;
-use crate::conversation::directory::ConversationInfo;
+use crate::conversation::directory::{self, ConversationInfo};
 use crate::conversation::permissions;
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::{
@@ -55,11 +55,7 @@ impl Owner {
     pub(super) async fn change(&mut self, request: ChangeRequest) -> Result<Changed> {
         let conversation = request.conversation_id;
         let last = self.last_seq_of(conversation).await?;
-        let info = self
-            .view(conversation)
-            .await?
-            .filter(|i| !i.deleted)
-            .ok_or_else(|| Error::not_found("no such conversation"))?;
+        let info = directory::existing(self.view(conversation).await?)?;
         if !info.is_group() {
             return Err(Error::bad_request("a direct conversation has no members to change"));
         }
