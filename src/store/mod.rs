@@ -3,6 +3,7 @@
 //! contract every backend meets (proven by `tests/it/store_conformance.rs`), their error
 //! types, and `Stores::open`, the one place a backend is chosen from config.
 
+pub mod blob;
 pub mod cassandra;
 pub mod embedded;
 pub mod presence;

@@ -1,6 +1,9 @@
 //! Configuration: the `Config` tree read from `config/switchboard.toml` (or built-in defaults
 //! equal to it), every key overridable by `SWITCHBOARD_<KEY>`, validated before the node starts.
 
+mod attachments;
+
+pub use attachments::AttachmentsConfig;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::SocketAddr;
@@ -17,6 +20,7 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     pub limits: LimitsConfig,
     pub cluster: ClusterConfig,
+    pub attachments: AttachmentsConfig,
 }
 
 /// Several nodes as one service: membership and presence in Redis, the inter-node link,
@@ -444,6 +448,7 @@ impl Config {
         if self.limits.sync_limit_max == 0 {
             return Err(invalid("limits.sync_limit_max", "must be positive"));
         }
+        self.attachments.validate()?;
         Ok(())
     }
 
@@ -472,6 +477,14 @@ impl Config {
 
     pub fn data_dir(&self) -> PathBuf {
         PathBuf::from(&self.storage.data_dir)
+    }
+
+    /// The local blob backend's directory.
+    pub fn blob_dir(&self) -> PathBuf {
+        match self.attachments.blob_dir.as_str() {
+            "" => self.data_dir().join("blobs"),
+            dir => PathBuf::from(dir),
+        }
     }
 }
 
