@@ -1,9 +1,11 @@
 //! Secrets at rest: the master key (config or a generated file in the data dir), conversation
 //! keys wrapped by it, message bodies sealed with XChaCha20-Poly1305, device tokens (random,
-//! stored as SHA-256) and argon2id password hashes.
+//! stored as SHA-256), argon2id password hashes, and keys derived from a conversation key
+//! (attachment chunks, signed attachment links).
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use hmac::Mac;
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::Path;
@@ -153,7 +155,42 @@ impl ConversationKey {
     pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
         open(&self.0, sealed, aad)
     }
+
+    /// A key for one purpose (`context`), derived from this one with HMAC-SHA256, so
+    /// attachment chunks and link signatures never use the conversation key itself.
+    pub fn derive(&self, context: &[u8]) -> [u8; KEY_LEN] {
+        let mut mac = <HmacSha256 as hmac::KeyInit>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(b"switchboard derive v1\0");
+        mac.update(context);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The signature of a link to `path` valid until `exp` (seconds since the epoch): 32 hex
+    /// characters (128 bits of HMAC-SHA256).
+    pub fn link_signature(&self, path: &str, exp: u64) -> String {
+        hex::encode(&self.link_mac(path, exp).finalize().into_bytes()[..LINK_SIG_LEN])
+    }
+
+    /// Whether `signature` is this key's for `path` and `exp` (constant time).
+    pub fn verify_link(&self, path: &str, exp: u64, signature: &str) -> bool {
+        match hex::decode(signature) {
+            Ok(bytes) if bytes.len() == LINK_SIG_LEN => self.link_mac(path, exp).verify_truncated_left(&bytes).is_ok(),
+            _ => false,
+        }
+    }
+
+    fn link_mac(&self, path: &str, exp: u64) -> HmacSha256 {
+        let key = self.derive(b"attachment links");
+        let mut mac = <HmacSha256 as hmac::KeyInit>::new_from_slice(&key).expect("HMAC takes any key length");
+        mac.update(path.as_bytes());
+        mac.update(b"\n");
+        mac.update(&exp.to_be_bytes());
+        mac
+    }
 }
+
+type HmacSha256 = hmac::Hmac<Sha256>;
+const LINK_SIG_LEN: usize = 16;
 
 /// A new device token (shown to the client once) and the hash the store keeps.
 pub fn new_device_token() -> (String, [u8; 32]) {

@@ -16,6 +16,7 @@
 //!   [`telemetry`], [`rate_limit`], [`node`] (wiring); [`cli_client`] (the terminal client)
 
 pub mod account;
+pub mod attachment;
 pub mod cli_client;
 pub mod cluster;
 pub mod config;

@@ -64,6 +64,10 @@ id_type!(
     /// A stored message, unique across conversations.
     MessageId
 );
+id_type!(
+    /// An uploaded file (and, while it is being uploaded, its upload).
+    AttachmentId
+);
 
 /// Milliseconds since the Unix epoch.
 pub type Millis = i64;
@@ -252,6 +256,30 @@ pub enum MessageKind {
     System,
 }
 
+/// What a message says of one attached file; sealed with the message (the file's bytes are in
+/// blob storage, never in the message).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentInfo {
+    pub id: AttachmentId,
+    /// The file name the uploader gave (cleaned of paths and control characters).
+    pub name: String,
+    /// The content type sniffed from the bytes (never the client's claim).
+    #[serde(rename = "type")]
+    pub content_type: String,
+    /// Plaintext bytes.
+    pub size: u64,
+    /// SHA-256 of the plaintext, hex.
+    pub sha256: String,
+    /// Pixel dimensions of a picture.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    /// Whether a thumbnail (at most 320 px on its longer side) was made.
+    #[serde(default)]
+    pub thumbnail: bool,
+}
+
 /// A message as the store keeps it: the body is sealed with the conversation key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredMessage {
@@ -264,6 +292,8 @@ pub struct StoredMessage {
     pub kind: MessageKind,
     pub sealed_body: Vec<u8>,
     pub ts: Millis,
+    /// One sealed `AttachmentInfo` (JSON) per attached file, base64; on its way to the owner
+    /// (before sealing) the plain JSON.
     pub attachments: Vec<String>,
     /// The owner epoch it was written under (cluster mode; 0 = single node, unfenced). Cassandra
     /// stores it as a column so a checker can prove every message was written by the owner of

@@ -2,6 +2,7 @@
 //! in one place (`Node::start`). The HTTP edge holds the node; each session gets only
 //! `SessionDeps`, the parts it uses.
 
+use crate::attachment::Attachments;
 use crate::account::Accounts;
 use crate::cluster::link::{LinkConfig, Links};
 use crate::cluster::locator::Locator;
@@ -48,6 +49,8 @@ pub enum StartError {
     KeyMissing { path: String },
     #[error("cluster: {0}")]
     Cluster(String),
+    #[error("attachment storage ({backend}): {source}")]
+    Blob { backend: String, source: crate::store::blob::BlobError },
     #[error(
         "wrong master key: the configured key (security.master_key or {path}) is not the key this store \
          was written with (its check value differs). Restore the original master.key or \
@@ -67,6 +70,7 @@ pub struct Node {
     pub registry: Addr<Registry>,
     pub metrics: Arc<Metrics>,
     pub sessions: Arc<SessionDeps>,
+    pub attachments: Arc<Attachments>,
     pub placement: Arc<Placement>,
     /// The inter-node link (cluster mode).
     pub peers: Option<Links<PeerMsg>>,
@@ -123,6 +127,16 @@ impl Node {
         let settled = settle_key(stores.meta.as_ref(), loaded.as_ref(), &data_dir).await?;
         let pending = settled.is_none();
         let conversations = Arc::new(Conversations::new(stores.chat.clone(), settled));
+        conversations.set_link_ttl(config.attachments.link_ttl_s);
+        let blob = crate::store::blob::open(&config)
+            .map_err(|source| StartError::Blob { backend: config.attachments.blob_backend.clone(), source })?;
+        let attachments = Arc::new(Attachments::new(
+            blob,
+            conversations.clone(),
+            stores.chat.clone(),
+            config.attachments.clone(),
+        ));
+        attachments.start_sweeper();
         if pending {
             // The store connects in the background (Cassandra): settle the key once it answers.
             // Until then nothing is sealed or opened (`unavailable`), and a mismatch stops the
@@ -244,8 +258,10 @@ impl Node {
             registry: registry.clone(),
             router: router.clone(),
             metrics: metrics.clone(),
+            attachments: attachments.clone(),
         });
         Ok(Arc::new(Node {
+            attachments,
             accounts,
             reader,
             conversations,

@@ -2,7 +2,7 @@
 //! JSON text frames tagged by `"type"`. No IO; `docs/protocol.md` is the human contract.
 
 use crate::error::ErrorCode;
-use crate::model::{ConversationId, DeviceId, MessageId, MessageKind, Millis, UserId};
+use crate::model::{AttachmentInfo, ConversationId, DeviceId, MessageId, MessageKind, Millis, UserId};
 use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -83,6 +83,19 @@ pub fn decode_client_frame(text: &str) -> Result<(Option<String>, ClientFrame), 
     }
 }
 
+/// An attached file as a message shows it: what the file is, and links to it signed for a
+/// while (`?exp=…&sig=…`; an Authorization header works too, for members).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentView {
+    #[serde(flatten)]
+    pub info: AttachmentInfo,
+    /// The whole file.
+    pub url: String,
+    /// The thumbnail (pictures only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbnail_url: Option<String>,
+}
+
 /// A stored message as clients see it (body decrypted).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MessageView {
@@ -93,7 +106,7 @@ pub struct MessageView {
     pub client_msg_id: String,
     pub body: String,
     pub ts: Millis,
-    pub attachments: Vec<String>,
+    pub attachments: Vec<AttachmentView>,
     pub kind: MessageKind,
 }
 

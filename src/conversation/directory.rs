@@ -27,6 +27,8 @@ pub struct ConversationInfo {
     /// Every member record of a group, former members included (empty for a direct one).
     pub records: HashMap<UserId, MemberRecord>,
     pub deleted: bool,
+    /// How long the attachment links of opened messages stay valid, in seconds.
+    link_ttl_s: u64,
     /// The keys by the first seq they seal, ascending (the first from 0).
     keys: Vec<(u64, ConversationKey)>,
     loaded: std::time::Instant,
@@ -60,6 +62,17 @@ impl ConversationInfo {
         &self.keys[at.saturating_sub(1)].1
     }
 
+    /// The key attachment files and their signed links are derived from (the first key: a
+    /// file is checked and opened knowing only its conversation).
+    pub fn link_key(&self) -> &ConversationKey {
+        &self.keys[0].1
+    }
+
+    /// How long the attachment links of opened messages stay valid, in seconds.
+    pub fn link_ttl_s(&self) -> u64 {
+        self.link_ttl_s
+    }
+
     /// The newest key's first seq (0 until a group rotates its key).
     pub fn newest_key_from(&self) -> u64 {
         self.keys.last().map(|(from, _)| *from).unwrap_or(0)
@@ -90,7 +103,7 @@ impl ConversationInfo {
             client_msg_id: m.client_msg_id.clone(),
             body: String::from_utf8_lossy(&body).into_owned(),
             ts: m.ts,
-            attachments: m.attachments.clone(),
+            attachments: super::sealed_attachments::open(self, m.seq, &m.attachments)?,
             kind: m.kind,
         })
     }
@@ -122,6 +135,7 @@ pub struct Conversations {
     /// nothing is sealed or opened.
     master: std::sync::OnceLock<MasterKey>,
     cache: Mutex<HashMap<ConversationId, Arc<ConversationInfo>>>,
+    link_ttl_s: std::sync::atomic::AtomicU64,
 }
 
 impl Conversations {
@@ -131,7 +145,17 @@ impl Conversations {
         if let Some(key) = master {
             let _ = cell.set(key);
         }
-        Conversations { store, master: cell, cache: Mutex::new(HashMap::new()) }
+        Conversations {
+            store,
+            master: cell,
+            cache: Mutex::new(HashMap::new()),
+            link_ttl_s: std::sync::atomic::AtomicU64::new(3600),
+        }
+    }
+
+    /// How long attachment links in opened messages stay valid (`attachments.link_ttl_s`).
+    pub fn set_link_ttl(&self, seconds: u64) {
+        self.link_ttl_s.store(seconds, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The checked master key from now on (once; later calls change nothing).
@@ -195,6 +219,7 @@ impl Conversations {
             members,
             records,
             deleted: conversation.deleted,
+            link_ttl_s: self.link_ttl_s.load(std::sync::atomic::Ordering::Relaxed),
             keys,
             loaded: std::time::Instant::now(),
         });

@@ -11,3 +11,4 @@ pub mod history;
 pub mod owner;
 pub mod peer_service;
 pub mod permissions;
+pub mod sealed_attachments;

@@ -2,6 +2,7 @@
 //! REST error shape, bearer-token authentication, and the web client's files (`web_client.rs`).
 
 mod accounts;
+mod attachments;
 mod conversations;
 mod groups;
 mod health;
@@ -65,6 +66,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/conversations/{id}/leave", web::post().to(groups::leave))
             .route("/conversations/{id}/messages", web::get().to(conversations::messages))
             .route("/conversations/{id}/messages/{seq}/receipts", web::get().to(groups::receipts))
+            .route("/conversations/{id}/attachments", web::post().to(attachments::create))
+            .route("/uploads/{id}", web::patch().to(attachments::append))
+            .route("/uploads/{id}", web::get().to(attachments::status))
+            .route("/uploads/{id}", web::head().to(attachments::status))
+            .route("/uploads/{id}", web::delete().to(attachments::cancel))
+            .route("/attachments/{id}", web::get().to(attachments::file))
+            .route("/attachments/{id}", web::head().to(attachments::file))
+            .route("/attachments/{id}/thumbnail", web::get().to(attachments::thumbnail))
+            .route("/attachments/{id}/thumbnail", web::head().to(attachments::thumbnail))
+            .route("/attachments/{id}/info", web::get().to(attachments::info))
             .route("/ws", web::get().to(ws::upgrade)),
     )
     .default_service(web::to(|req: HttpRequest| async move {

@@ -62,6 +62,7 @@ pub struct SessionDeps {
     pub registry: Addr<Registry>,
     pub router: Addr<Router>,
     pub metrics: Arc<Metrics>,
+    pub attachments: Arc<crate::attachment::Attachments>,
 }
 
 pub struct Session {
@@ -322,8 +323,6 @@ impl Session {
                 ErrorCode::BadFrame,
                 format!("client_msg_id must be 1-{CLIENT_MSG_ID_MAX} bytes"),
             ))
-        } else if !send.attachments.is_empty() {
-            Some(Error::not_found("unknown attachment (attachment upload is not available yet)"))
         } else {
             None
         };
@@ -331,6 +330,26 @@ impl Session {
             self.push_error(id, &e, ctx);
             return;
         }
+        if send.attachments.is_empty() {
+            return self.dispatch_send(id, send, ctx);
+        }
+        // Binding the attachments to this message asks the blob store; the session handles
+        // nothing else meanwhile, so its sends reach the owner in the order they came.
+        let attachments = self.deps.attachments.clone();
+        let fut = async move {
+            let plain = attachments
+                .claim(send.from.user_id, send.conversation_id, &send.client_msg_id, &send.attachments)
+                .await?;
+            Ok::<_, Error>(SendRequest { attachments: plain, ..send })
+        };
+        ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(send) => act.dispatch_send(id, send, ctx),
+            Err(e) => act.push_error(id, &e, ctx),
+        }));
+    }
+
+    /// Hands a checked send to its owner shard and answers `sent` once it is stored.
+    fn dispatch_send(&mut self, id: Option<String>, send: SendRequest, ctx: &mut Context<Self>) {
         let rx = match self.deps.owners.send(send) {
             Ok(rx) => rx,
             Err(e) => {

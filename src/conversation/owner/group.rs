@@ -224,7 +224,7 @@ impl Owner {
         }
         let changed = Changed { seq, message_id: message.message_id, ts: message.ts };
         // Every device gets it, the acting one too: the change came over REST, not as a `send`.
-        let mut publish = message_event(message, event, audience.into());
+        let mut publish = message_event(message, event, Vec::new(), audience.into());
         publish.except = crate::delivery::Audience::All;
         self.publish(vec![publish]).await;
         Ok(changed)

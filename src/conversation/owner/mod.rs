@@ -37,7 +37,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::model::{
     ConversationId, MessageId, MessageKind, Millis, StoredMessage, UserId, Watermarks, now_millis,
 };
-use crate::protocol::{MessageView, ServerFrame};
+use crate::protocol::{AttachmentView, MessageView, ServerFrame};
 use crate::store::ChatStore;
 use crate::telemetry::Metrics;
 use actix::Addr;
@@ -179,6 +179,8 @@ impl Candidate {
 struct Accepted {
     message: StoredMessage,
     body: String,
+    /// The message's attachments as readers see them (the stored entries are sealed).
+    attachments: Vec<AttachmentView>,
     audience: Arc<[UserId]>,
     replies: Vec<oneshot::Sender<Result<Sent>>>,
 }
@@ -402,10 +404,11 @@ impl Owner {
             kind: MessageKind::Text,
             sealed_body: info.key_for(seq).seal(send.body.as_bytes(), &info.body_aad(seq)),
             ts: now_millis(),
-            attachments: send.attachments,
+            attachments: crate::conversation::sealed_attachments::seal(&info, seq, &send.attachments),
             epoch,
         };
-        Ok(Accepted { message, body: send.body, audience: info.members.clone(), replies })
+        let attachments = crate::conversation::sealed_attachments::open_plain(&info, &send.attachments);
+        Ok(Accepted { message, body: send.body, attachments, audience: info.members.clone(), replies })
     }
 
     /// The conversation's highest seq: stored, or reserved by the batch being built. In a
@@ -528,7 +531,7 @@ impl Owner {
                 for reply in a.replies {
                     let _ = reply.send(Ok(sent.clone()));
                 }
-                events.push(message_event(a.message, a.body, a.audience));
+                events.push(message_event(a.message, a.body, a.attachments, a.audience));
             } else {
                 // Forget the reservation: the next send reloads last_seq from the store (in a
                 // cluster: claims the conversation again, unless another node fenced it).
@@ -576,7 +579,12 @@ impl Owner {
 }
 
 /// The live event of a stored message: its frame, encoded once for every recipient.
-fn message_event(m: StoredMessage, body: String, audience: Arc<[UserId]>) -> Publish {
+fn message_event(
+    m: StoredMessage,
+    body: String,
+    attachments: Vec<AttachmentView>,
+    audience: Arc<[UserId]>,
+) -> Publish {
     let frame = ServerFrame::Message(MessageView {
         conversation_id: m.conversation_id,
         seq: m.seq,
@@ -585,7 +593,7 @@ fn message_event(m: StoredMessage, body: String, audience: Arc<[UserId]>) -> Pub
         client_msg_id: m.client_msg_id,
         body,
         ts: m.ts,
-        attachments: m.attachments,
+        attachments,
         kind: m.kind,
     });
     Publish {
