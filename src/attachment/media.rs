@@ -136,6 +136,8 @@ mod tests {
         let mut bytes = png(1, 1);
         bytes[16..20].copy_from_slice(&100_000u32.to_be_bytes());
         bytes[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+        let crc = crc32fast::hash(&bytes[12..29]);
+        bytes[29..33].copy_from_slice(&crc.to_be_bytes());
         match thumbnail(&bytes, LIMITS) {
             Err(MediaError::TooLarge(m)) => assert!(m.contains("100000 × 100000"), "{m}"),
             other => panic!("expected TooLarge, got {:?}", other.map(|t| (t.width, t.height))),
