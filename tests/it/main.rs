@@ -24,10 +24,15 @@
 //!   Sentinel failover, fail-fast while down, one round trip per operation.
 //! - `full_disk`: the data dir on a small tmpfs: refused sends, unready, recovery, nothing lost.
 //! - `config_file`: the shipped config is valid and equals the defaults.
+//! - `attachments`: uploads (resumable), thumbnails, ranges, signed links, refusals, a dead S3
+//!   server, on the local and the S3 backend; `attachment_sweep`: the lifecycle sweep
+//!   (in-process); `blob_conformance`: the `BlobStore` contract on both backends.
 //! - `web_client`: the embedded page and its assets as served (the browser tests are in
 //!   `web/e2e/`, run by `scripts/web e2e`).
 //! - `tidy`: repository rules (module headers, the CI command matches the README).
 
+mod attachment_sweep;
+mod attachments;
 mod bad_input;
 mod bench_smoke;
 mod cassandra_fault;
