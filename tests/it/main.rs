@@ -30,6 +30,7 @@
 
 mod bad_input;
 mod bench_smoke;
+mod blob_conformance;
 mod cassandra_fault;
 mod chat;
 mod cluster;
