@@ -35,6 +35,7 @@ mod attachment_sweep;
 mod attachments;
 mod bad_input;
 mod bench_smoke;
+mod blob_conformance;
 mod cassandra_fault;
 mod chat;
 mod cluster;
