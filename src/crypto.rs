@@ -159,7 +159,8 @@ impl ConversationKey {
     /// A key for one purpose (`context`), derived from this one with HMAC-SHA256, so
     /// attachment chunks and link signatures never use the conversation key itself.
     pub fn derive(&self, context: &[u8]) -> [u8; KEY_LEN] {
-        let mut mac = <HmacSha256 as hmac::KeyInit>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        let mut mac =
+            <HmacSha256 as hmac::KeyInit>::new_from_slice(&self.0).expect("HMAC takes any key length");
         mac.update(b"switchboard derive v1\0");
         mac.update(context);
         mac.finalize().into_bytes().into()
@@ -174,7 +175,9 @@ impl ConversationKey {
     /// Whether `signature` is this key's for `path` and `exp` (constant time).
     pub fn verify_link(&self, path: &str, exp: u64, signature: &str) -> bool {
         match hex::decode(signature) {
-            Ok(bytes) if bytes.len() == LINK_SIG_LEN => self.link_mac(path, exp).verify_truncated_left(&bytes).is_ok(),
+            Ok(bytes) if bytes.len() == LINK_SIG_LEN => {
+                self.link_mac(path, exp).verify_truncated_left(&bytes).is_ok()
+            }
             _ => false,
         }
     }

@@ -2,8 +2,8 @@
 //! in one place (`Node::start`). The HTTP edge holds the node; each session gets only
 //! `SessionDeps`, the parts it uses.
 
-use crate::attachment::Attachments;
 use crate::account::Accounts;
+use crate::attachment::Attachments;
 use crate::cluster::link::{LinkConfig, Links};
 use crate::cluster::locator::Locator;
 use crate::cluster::membership::Membership;
@@ -128,8 +128,10 @@ impl Node {
         let pending = settled.is_none();
         let conversations = Arc::new(Conversations::new(stores.chat.clone(), settled));
         conversations.set_link_ttl(config.attachments.link_ttl_s);
-        let blob = crate::store::blob::open(&config)
-            .map_err(|source| StartError::Blob { backend: config.attachments.blob_backend.clone(), source })?;
+        let blob = crate::store::blob::open(&config).map_err(|source| StartError::Blob {
+            backend: config.attachments.blob_backend.clone(),
+            source,
+        })?;
         let attachments = Arc::new(Attachments::new(
             blob,
             conversations.clone(),

@@ -52,7 +52,8 @@ impl ChunkCipher {
     /// Seals chunk `index` (at most `CHUNK` bytes), appending it to `out`.
     pub fn seal_chunk(&self, index: u64, last: bool, plain: &[u8], out: &mut Vec<u8>) {
         debug_assert!(plain.len() as u64 <= CHUNK);
-        let sealed = self.0.encrypt(&Self::nonce(index, last), plain).expect("sealing an in-memory chunk cannot fail");
+        let sealed =
+            self.0.encrypt(&Self::nonce(index, last), plain).expect("sealing an in-memory chunk cannot fail");
         out.extend_from_slice(&sealed);
     }
 

@@ -139,7 +139,12 @@ impl Attachments {
 
     /// A member's right to read: the carrying message within their window, or — not sent
     /// yet — being its uploader.
-    async fn check_reader(&self, rec: &AttachmentRecord, info: &ConversationInfo, user: UserId) -> Result<()> {
+    async fn check_reader(
+        &self,
+        rec: &AttachmentRecord,
+        info: &ConversationInfo,
+        user: UserId,
+    ) -> Result<()> {
         match self.seq_of(rec, info).await? {
             None if rec.uploader == user && info.is_member(user) => Ok(()),
             None => Err(Error::not_found("no such attachment")),
@@ -162,7 +167,9 @@ impl Attachments {
             return Ok(Some(*seq));
         }
         let Some(client_msg_id) = &rec.sent_as else { return Ok(None) };
-        let Some(message) = self.log.message_by_client_id(rec.conversation_id, rec.uploader, client_msg_id).await? else {
+        let Some(message) =
+            self.log.message_by_client_id(rec.conversation_id, rec.uploader, client_msg_id).await?
+        else {
             return Ok(None);
         };
         let views = sealed_attachments::open(info, message.seq, &message.attachments)?;
@@ -225,10 +232,11 @@ impl Chunks {
             }
         }
         let sealed = self.buffer.split_to(sealed_len);
-        let plain = self.cipher.open_chunk(self.index, self.index + 1 == self.total, &sealed).map_err(|e| {
-            tracing::error!(error = %e, "cannot open an attachment chunk");
-            Error::internal("the stored attachment could not be decrypted")
-        })?;
+        let plain =
+            self.cipher.open_chunk(self.index, self.index + 1 == self.total, &sealed).map_err(|e| {
+                tracing::error!(error = %e, "cannot open an attachment chunk");
+                Error::internal("the stored attachment could not be decrypted")
+            })?;
         let mut plain = Bytes::from(plain);
         // Trim the first and last chunks to the range.
         let from = self.range.start.saturating_sub(start) as usize;

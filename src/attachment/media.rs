@@ -64,14 +64,17 @@ pub struct Thumbnail {
 }
 
 fn reader(bytes: &[u8]) -> Result<ImageReader<Cursor<&[u8]>>, MediaError> {
-    ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| MediaError::Undecodable(e.to_string()))
+    ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| MediaError::Undecodable(e.to_string()))
 }
 
 /// Checks the picture's dimensions against `limits` from its header, then decodes it (under
 /// the decoder's own limits) and makes the thumbnail: JPEG, or PNG when it has transparency.
 /// CPU-bound: run it off the async workers.
 pub fn thumbnail(bytes: &[u8], limits: ImageLimits) -> Result<Thumbnail, MediaError> {
-    let (width, height) = reader(bytes)?.into_dimensions().map_err(|e| MediaError::Undecodable(e.to_string()))?;
+    let (width, height) =
+        reader(bytes)?.into_dimensions().map_err(|e| MediaError::Undecodable(e.to_string()))?;
     let pixels = u64::from(width) * u64::from(height);
     if width > limits.max_side || height > limits.max_side || pixels > limits.max_pixels {
         return Err(MediaError::TooLarge(format!(
@@ -87,7 +90,9 @@ pub fn thumbnail(bytes: &[u8], limits: ImageLimits) -> Result<Thumbnail, MediaEr
     let mut reader = reader(bytes)?;
     reader.limits(decoder_limits);
     let picture = reader.decode().map_err(|e| match e {
-        image::ImageError::Limits(l) => MediaError::TooLarge(format!("the picture exceeds the decoder's limits: {l}")),
+        image::ImageError::Limits(l) => {
+            MediaError::TooLarge(format!("the picture exceeds the decoder's limits: {l}"))
+        }
         other => MediaError::Undecodable(other.to_string()),
     })?;
     let small = picture.thumbnail(THUMBNAIL_SIDE, THUMBNAIL_SIDE);

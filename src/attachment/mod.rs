@@ -54,7 +54,10 @@ fn blob_error(e: BlobError) -> Error {
         BlobError::NotFound => Error::not_found("no such attachment"),
         BlobError::Unavailable(m) => {
             tracing::warn!(error = %m, "blob store unavailable");
-            Error::overloaded("attachment storage is unavailable; retry later", std::time::Duration::from_secs(5))
+            Error::overloaded(
+                "attachment storage is unavailable; retry later",
+                std::time::Duration::from_secs(5),
+            )
         }
         BlobError::Invalid(m) => {
             tracing::error!(error = %m, "blob store refused a request");
@@ -139,7 +142,9 @@ impl Attachments {
                 return Err(Error::bad_request(format!("attachment {id} is named twice")));
             }
             let unknown = || {
-                Error::not_found(format!("unknown attachment {id} (not uploaded by you to this conversation, not finished, or expired)"))
+                Error::not_found(format!(
+                    "unknown attachment {id} (not uploaded by you to this conversation, not finished, or expired)"
+                ))
             };
             let mut rec = self.record(id).await?.ok_or_else(unknown)?;
             if rec.conversation_id != conversation || rec.uploader != user {
@@ -148,11 +153,16 @@ impl Attachments {
             let usable_ms = (self.config.upload_ttl_s * 1000 * 9 / 10) as i64;
             match rec.sent_as.as_deref() {
                 Some(other) if other != client_msg_id => {
-                    return Err(Error::new(ErrorCode::Conflict, format!("attachment {id} was already sent in another message")));
+                    return Err(Error::new(
+                        ErrorCode::Conflict,
+                        format!("attachment {id} was already sent in another message"),
+                    ));
                 }
                 Some(_) => {}
                 None if now_millis() - rec.created_ms > usable_ms => {
-                    return Err(Error::not_found(format!("attachment {id} expired before it was sent; upload it again")));
+                    return Err(Error::not_found(format!(
+                        "attachment {id} expired before it was sent; upload it again"
+                    )));
                 }
                 None => {
                     rec.sent_as = Some(client_msg_id.to_string());

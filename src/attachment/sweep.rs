@@ -40,7 +40,8 @@ impl Attachments {
                 Err(e) => return Err(blob_error(e)),
             };
             let idle_since = rec.as_ref().map(|r| r.updated_ms).unwrap_or(entry.modified_ms);
-            if now - idle_since <= ttl || self.writing.lock().unwrap_or_else(|p| p.into_inner()).contains(&id) {
+            if now - idle_since <= ttl || self.writing.lock().unwrap_or_else(|p| p.into_inner()).contains(&id)
+            {
                 continue;
             }
             if self.record(id).await?.is_some() {
@@ -65,7 +66,9 @@ impl Attachments {
                 self.blob.delete(&entry.key).await.map_err(blob_error)?;
                 continue;
             }
-            for key in [record::file_key(id), record::thumbnail_key(id), record::record_key(id), entry.key.clone()] {
+            for key in
+                [record::file_key(id), record::thumbnail_key(id), record::record_key(id), entry.key.clone()]
+            {
                 self.blob.delete(&key).await.map_err(blob_error)?;
             }
             report.unsent += 1;

@@ -46,11 +46,20 @@ impl Drop for Writing<'_> {
 
 impl Attachments {
     /// Starts an upload of `length` bytes named `name` to `conversation` (members only).
-    pub async fn create(&self, user: UserId, conversation: ConversationId, name: &str, length: u64) -> Result<UploadStatus> {
+    pub async fn create(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+        name: &str,
+        length: u64,
+    ) -> Result<UploadStatus> {
         self.directory.for_member(conversation, user).await?;
         let max = self.config.attachment_max_bytes;
         if length > max {
-            return Err(Error::new(ErrorCode::TooLarge, format!("the file is {length} bytes; the limit is {max}")));
+            return Err(Error::new(
+                ErrorCode::TooLarge,
+                format!("the file is {length} bytes; the limit is {max}"),
+            ));
         }
         let now = now_millis();
         let rec = UploadRecord {
@@ -88,7 +97,13 @@ impl Attachments {
     /// Writes `body` into the upload from `offset`, which must be where it stands. Whole parts
     /// are stored as they fill; the last byte finishes the upload. A body that ends early
     /// leaves the upload at its last whole part (the answer says where).
-    pub async fn append<S, E>(&self, user: UserId, id: AttachmentId, offset: u64, mut body: S) -> Result<UploadStatus>
+    pub async fn append<S, E>(
+        &self,
+        user: UserId,
+        id: AttachmentId,
+        offset: u64,
+        mut body: S,
+    ) -> Result<UploadStatus>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -101,14 +116,20 @@ impl Attachments {
                 // Finished already (a retry whose answer was lost): nothing more to write.
                 let done = self.finished(user, id).await?;
                 if offset != done.length {
-                    return Err(Error::new(ErrorCode::Conflict, format!("the upload is complete at offset {}", done.length)));
+                    return Err(Error::new(
+                        ErrorCode::Conflict,
+                        format!("the upload is complete at offset {}", done.length),
+                    ));
                 }
                 return Ok(done);
             }
         };
         let info = self.directory.for_member(rec.conversation_id, user).await?;
         if offset != rec.offset() {
-            return Err(Error::new(ErrorCode::Conflict, format!("the upload is at offset {}, not {offset}", rec.offset())));
+            return Err(Error::new(
+                ErrorCode::Conflict,
+                format!("the upload is at offset {}, not {offset}", rec.offset()),
+            ));
         }
         let key = info.link_key().clone();
         // The hash is only whole when this request carries the file from its first byte.
@@ -120,7 +141,10 @@ impl Attachments {
                 Ok(piece) => piece,
                 Err(e) => {
                     tracing::info!(upload = %id, stored = rec.offset(), error = %e, "upload interrupted");
-                    return Err(Error::bad_request(format!("the upload body broke off ({e}); continue at offset {}", rec.offset())));
+                    return Err(Error::bad_request(format!(
+                        "the upload body broke off ({e}); continue at offset {}",
+                        rec.offset()
+                    )));
                 }
             };
             if received + piece.len() as u64 > rec.length {
@@ -136,7 +160,9 @@ impl Attachments {
             }
             buffer.extend_from_slice(&piece);
             // A full part is stored now unless it is the file's last (that one finishes it).
-            while buffer.len() as u64 > PART_BYTES || (buffer.len() as u64 == PART_BYTES && received < rec.length) {
+            while buffer.len() as u64 > PART_BYTES
+                || (buffer.len() as u64 == PART_BYTES && received < rec.length)
+            {
                 let part = buffer.split_to(PART_BYTES as usize).freeze();
                 self.store_part(&mut rec, &key, part, false).await?;
             }
@@ -150,14 +176,19 @@ impl Attachments {
 
     fn lock(&self, id: AttachmentId) -> Result<Writing<'_>> {
         if !self.writing.lock().unwrap_or_else(|p| p.into_inner()).insert(id) {
-            return Err(Error::new(ErrorCode::Conflict, "another request is writing this upload; retry when it ends"));
+            return Err(Error::new(
+                ErrorCode::Conflict,
+                "another request is writing this upload; retry when it ends",
+            ));
         }
         Ok(Writing(self, id))
     }
 
     async fn upload(&self, id: AttachmentId) -> Result<Option<UploadRecord>> {
         match self.blob.get(&record::upload_key(id)).await {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| corrupt(&format!("upload record {id}: {e}"))),
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| corrupt(&format!("upload record {id}: {e}"))),
             Err(BlobError::NotFound) => Ok(None),
             Err(e) => Err(blob_error(e)),
         }
@@ -166,7 +197,11 @@ impl Attachments {
     async fn finished(&self, user: UserId, id: AttachmentId) -> Result<UploadStatus> {
         let rec = self.record(id).await?.filter(|r| r.uploader == user).ok_or_else(no_upload)?;
         let info = self.directory.for_member(rec.conversation_id, user).await?;
-        let view = sealed_attachments::view(info.link_key(), rec.info.clone(), sealed_attachments::link_expiry(self.config.link_ttl_s));
+        let view = sealed_attachments::view(
+            info.link_key(),
+            rec.info.clone(),
+            sealed_attachments::link_expiry(self.config.link_ttl_s),
+        );
         Ok(UploadStatus {
             upload_id: id,
             offset: rec.info.size,
@@ -178,7 +213,13 @@ impl Attachments {
     }
 
     /// Seals and stores the next part (`ends_file`: the file's last), then records it.
-    async fn store_part(&self, rec: &mut UploadRecord, key: &ConversationKey, plain: Bytes, ends_file: bool) -> Result<()> {
+    async fn store_part(
+        &self,
+        rec: &mut UploadRecord,
+        key: &ConversationKey,
+        plain: Bytes,
+        ends_file: bool,
+    ) -> Result<()> {
         if rec.parts.is_empty() && rec.content_type.is_none() {
             rec.content_type = Some(media::sniff(&plain[..plain.len().min(media::SNIFF_BYTES)]));
         }
@@ -200,7 +241,13 @@ impl Attachments {
     /// Stores the last bytes, hashes and checks the file, makes the thumbnail, records the
     /// attachment. Order matters for crash safety: the unsent marker goes before the record,
     /// the upload record goes last.
-    async fn finish(&self, mut rec: UploadRecord, key: &ConversationKey, tail: Bytes, hash: Option<String>) -> Result<UploadStatus> {
+    async fn finish(
+        &self,
+        mut rec: UploadRecord,
+        key: &ConversationKey,
+        tail: Bytes,
+        hash: Option<String>,
+    ) -> Result<UploadStatus> {
         let id = rec.id;
         if rec.parts.is_empty() {
             rec.content_type = Some(media::sniff(&tail[..tail.len().min(media::SNIFF_BYTES)]));
@@ -265,7 +312,9 @@ impl Attachments {
                     self.drop_upload(&rec).await?;
                     return Err(match e {
                         MediaError::TooLarge(m) => Error::new(ErrorCode::TooLarge, m),
-                        MediaError::Undecodable(m) => Error::bad_request(format!("the picture could not be decoded: {m}")),
+                        MediaError::Undecodable(m) => {
+                            Error::bad_request(format!("the picture could not be decoded: {m}"))
+                        }
                     });
                 }
             }
@@ -295,7 +344,8 @@ impl Attachments {
 
     async fn thumbnail(&self, bytes: Vec<u8>) -> std::result::Result<media::Thumbnail, MediaError> {
         let _permit = self.pictures.acquire().await.expect("the semaphore is never closed");
-        let limits = ImageLimits { max_side: self.config.image_max_side, max_pixels: self.config.image_max_pixels };
+        let limits =
+            ImageLimits { max_side: self.config.image_max_side, max_pixels: self.config.image_max_pixels };
         tokio::task::spawn_blocking(move || media::thumbnail(&bytes, limits))
             .await
             .unwrap_or_else(|e| Err(MediaError::Undecodable(format!("the decoder failed: {e}"))))
@@ -330,7 +380,13 @@ fn status_of(rec: &UploadRecord) -> UploadStatus {
 }
 
 /// Seals plaintext as chunks from `first_chunk`, on the blocking pool.
-async fn seal(key: &ConversationKey, id: AttachmentId, first_chunk: u64, plain: Bytes, ends_file: bool) -> Result<Bytes> {
+async fn seal(
+    key: &ConversationKey,
+    id: AttachmentId,
+    first_chunk: u64,
+    plain: Bytes,
+    ends_file: bool,
+) -> Result<Bytes> {
     let key = key.clone();
     tokio::task::spawn_blocking(move || {
         Bytes::from(ChunkCipher::new(&key, id, Variant::File).seal_run(first_chunk, &plain, ends_file))
@@ -341,7 +397,9 @@ async fn seal(key: &ConversationKey, id: AttachmentId, first_chunk: u64, plain: 
 
 async fn seal_thumbnail(key: &ConversationKey, id: AttachmentId, plain: Vec<u8>) -> Result<Bytes> {
     let key = key.clone();
-    tokio::task::spawn_blocking(move || Bytes::from(ChunkCipher::new(&key, id, Variant::Thumbnail).seal_run(0, &plain, true)))
-        .await
-        .map_err(|_| Error::internal("sealing a thumbnail failed"))
+    tokio::task::spawn_blocking(move || {
+        Bytes::from(ChunkCipher::new(&key, id, Variant::Thumbnail).seal_run(0, &plain, true))
+    })
+    .await
+    .map_err(|_| Error::internal("sealing a thumbnail failed"))
 }

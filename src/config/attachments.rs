@@ -97,15 +97,25 @@ impl AttachmentsConfig {
                     return invalid("attachments.s3_bucket", "is required when blob_backend = \"s3\"".into());
                 }
                 if self.s3_access_key.is_empty() != self.s3_secret_key.is_empty() {
-                    return invalid("attachments.s3_secret_key", "set both s3_access_key and s3_secret_key, or neither".into());
+                    return invalid(
+                        "attachments.s3_secret_key",
+                        "set both s3_access_key and s3_secret_key, or neither".into(),
+                    );
                 }
-                if !self.s3_endpoint.is_empty()
-                    && !(self.s3_endpoint.starts_with("http://") || self.s3_endpoint.starts_with("https://"))
-                {
-                    return invalid("attachments.s3_endpoint", format!("must be an http:// or https:// URL, not {:?}", self.s3_endpoint));
+                let scheme_ok = ["http://", "https://"].iter().any(|p| self.s3_endpoint.starts_with(p));
+                if !self.s3_endpoint.is_empty() && !scheme_ok {
+                    return invalid(
+                        "attachments.s3_endpoint",
+                        format!("must be an http:// or https:// URL, not {:?}", self.s3_endpoint),
+                    );
                 }
             }
-            other => return invalid("attachments.blob_backend", format!("must be \"local\" or \"s3\", not {other:?}")),
+            other => {
+                return invalid(
+                    "attachments.blob_backend",
+                    format!("must be \"local\" or \"s3\", not {other:?}"),
+                );
+            }
         }
         if self.attachment_max_bytes == 0 {
             return invalid("attachments.attachment_max_bytes", "must be at least 1".into());
@@ -115,13 +125,19 @@ impl AttachmentsConfig {
         if self.upload_ttl_s < 600 {
             return invalid("attachments.upload_ttl_s", "must be at least 600 (10 minutes)".into());
         }
-        for (key, value) in [("attachments.sweep_interval_s", self.sweep_interval_s), ("attachments.link_ttl_s", self.link_ttl_s)] {
+        for (key, value) in [
+            ("attachments.sweep_interval_s", self.sweep_interval_s),
+            ("attachments.link_ttl_s", self.link_ttl_s),
+        ] {
             if value == 0 {
                 return invalid(key, "must be at least 1".into());
             }
         }
         if self.image_max_side < 320 || self.image_max_pixels < 320 * 320 {
-            return invalid("attachments.image_max_side", "image limits must allow at least 320 × 320 pixels".into());
+            return invalid(
+                "attachments.image_max_side",
+                "image limits must allow at least 320 × 320 pixels".into(),
+            );
         }
         if self.blob_timeout_ms < 100 {
             return invalid("attachments.blob_timeout_ms", "must be at least 100".into());

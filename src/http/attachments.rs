@@ -57,11 +57,12 @@ pub async fn create(
     let conversation: ConversationId =
         path.parse().map_err(|_| Error::bad_request("malformed conversation id (expected a UUID)"))?;
     let content_length = header_u64(&req, "Content-Length")?;
-    let length = header_u64(&req, "Upload-Length")?.or(content_length).ok_or_else(|| {
-        Error::bad_request("Upload-Length is required (the whole file's size in bytes)")
-    })?;
+    let length = header_u64(&req, "Upload-Length")?
+        .or(content_length)
+        .ok_or_else(|| Error::bad_request("Upload-Length is required (the whole file's size in bytes)"))?;
     let status = node.attachments.create(who.0.user_id, conversation, &query.name, length).await?;
-    let has_body = content_length.is_some_and(|n| n > 0) || req.headers().contains_key(header::TRANSFER_ENCODING);
+    let has_body =
+        content_length.is_some_and(|n| n > 0) || req.headers().contains_key(header::TRANSFER_ENCODING);
     if !has_body && length > 0 {
         return Ok(upload_reply(HttpResponse::Created(), &status));
     }
@@ -87,7 +88,8 @@ pub async fn append(
     body: web::Payload,
 ) -> ApiResult<HttpResponse> {
     let id = upload_id(&path)?;
-    let offset = header_u64(&req, "Upload-Offset")?.ok_or_else(|| Error::bad_request("Upload-Offset is required"))?;
+    let offset =
+        header_u64(&req, "Upload-Offset")?.ok_or_else(|| Error::bad_request("Upload-Offset is required"))?;
     let status = node.attachments.append(who.0.user_id, id, offset, body).await?;
     Ok(upload_reply(HttpResponse::Ok(), &status))
 }
@@ -116,7 +118,12 @@ pub struct LinkQuery {
 }
 
 /// `GET`/`HEAD /v1/attachments/{id}`: the file.
-pub async fn file(node: NodeData, path: web::Path<String>, query: web::Query<LinkQuery>, req: HttpRequest) -> ApiResult<HttpResponse> {
+pub async fn file(
+    node: NodeData,
+    path: web::Path<String>,
+    query: web::Query<LinkQuery>,
+    req: HttpRequest,
+) -> ApiResult<HttpResponse> {
     serve(node, &path, Which::File, query.into_inner(), req).await
 }
 
@@ -130,7 +137,13 @@ pub async fn thumbnail(
     serve(node, &path, Which::Thumbnail, query.into_inner(), req).await
 }
 
-async fn serve(node: NodeData, id: &str, which: Which, link: LinkQuery, req: HttpRequest) -> ApiResult<HttpResponse> {
+async fn serve(
+    node: NodeData,
+    id: &str,
+    which: Which,
+    link: LinkQuery,
+    req: HttpRequest,
+) -> ApiResult<HttpResponse> {
     let access = match (link.exp, link.sig) {
         (Some(exp), Some(sig)) => Access::Link { exp, sig },
         _ => {
@@ -163,11 +176,15 @@ async fn serve(node: NodeData, id: &str, which: Which, link: LinkQuery, req: Htt
         Some(spec) => match parse_range(spec, d.size) {
             Some(Ok(r)) => {
                 reply.status(actix_web::http::StatusCode::PARTIAL_CONTENT);
-                reply.insert_header((header::CONTENT_RANGE, format!("bytes {}-{}/{}", r.start, r.end - 1, d.size)));
+                reply.insert_header((
+                    header::CONTENT_RANGE,
+                    format!("bytes {}-{}/{}", r.start, r.end - 1, d.size),
+                ));
                 r
             }
             Some(Err(())) => {
-                let mut refused = ApiError(Error::bad_request(format!("range not satisfiable: {spec}"))).error_response();
+                let mut refused =
+                    ApiError(Error::bad_request(format!("range not satisfiable: {spec}"))).error_response();
                 *refused.status_mut() = actix_web::http::StatusCode::RANGE_NOT_SATISFIABLE;
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", d.size)) {
                     refused.headers_mut().insert(header::CONTENT_RANGE, v);

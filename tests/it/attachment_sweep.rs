@@ -39,7 +39,8 @@ async fn the_sweep_deletes_idle_uploads_and_unsent_files_and_keeps_sent_ones() {
 
     // An upload with one whole part stored, then abandoned.
     let idle = attachments.create(alice, conversation, "idle.bin", PART_BYTES + 10).await.unwrap();
-    let status = attachments.append(alice, idle.upload_id, 0, body(vec![7u8; PART_BYTES as usize + 5])).await.unwrap();
+    let status =
+        attachments.append(alice, idle.upload_id, 0, body(vec![7u8; PART_BYTES as usize + 5])).await.unwrap();
     assert_eq!(status.offset, PART_BYTES);
     assert!(!keys(blob.as_ref(), "_multipart/").await.is_empty(), "the stored part is staged");
     // A finished file never sent, and one sent.
@@ -61,7 +62,11 @@ async fn the_sweep_deletes_idle_uploads_and_unsent_files_and_keeps_sent_ones() {
     let report = attachments.sweep(later).await.unwrap();
     assert_eq!((report.uploads, report.unsent), (1, 2), "{report:?}");
     assert_eq!(keys(blob.as_ref(), "uploads/").await, Vec::<String>::new());
-    assert_eq!(keys(blob.as_ref(), "_multipart/").await, Vec::<String>::new(), "the multipart upload was aborted");
+    assert_eq!(
+        keys(blob.as_ref(), "_multipart/").await,
+        Vec::<String>::new(),
+        "the multipart upload was aborted"
+    );
     assert_eq!(keys(blob.as_ref(), "unsent/").await, Vec::<String>::new());
     let left = keys(blob.as_ref(), "attachments/").await;
     assert!(left.iter().all(|k| k.contains(&sent.to_string())), "only the sent file is left: {left:?}");

@@ -22,7 +22,9 @@ const PART: usize = 5 * 1024 * 1024;
 fn backends() -> Vec<(&'static str, Vec<(String, String)>)> {
     let mut out = vec![("local", vec![])];
     if let Ok(endpoint) = std::env::var("SWITCHBOARD_TEST_S3_ENDPOINT") {
-        let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is set with SWITCHBOARD_TEST_S3_ENDPOINT"));
+        let var = |k: &str| {
+            std::env::var(k).unwrap_or_else(|_| panic!("{k} is set with SWITCHBOARD_TEST_S3_ENDPOINT"))
+        };
         out.push((
             "s3",
             vec![
@@ -106,7 +108,12 @@ pub async fn upload(api: &Api, who: &Account, conversation: &str, name: &str, by
     (resp.status().as_u16(), resp.json().await.unwrap_or(Value::Null))
 }
 
-async fn get_bytes(api: &Api, path: &str, token: Option<&str>, headers: &[(&str, &str)]) -> reqwest::Response {
+async fn get_bytes(
+    api: &Api,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
     let mut req = http().get(format!("{}{path}", api.base));
     if let Some(t) = token {
         req = req.bearer_auth(t);
@@ -195,7 +202,8 @@ async fn a_picture_reaches_another_device_with_thumbnail_range_and_signed_links(
         assert_eq!(beyond.status().as_u16(), 416);
 
         // History shows it too, with fresh links.
-        let (_, page) = api.get(&format!("/v1/conversations/{conversation}/messages"), Some(&bob.token)).await;
+        let (_, page) =
+            api.get(&format!("/v1/conversations/{conversation}/messages"), Some(&bob.token)).await;
         let last = page["messages"].as_array().unwrap().last().unwrap().clone();
         assert_eq!(last["attachments"][0]["id"], id.as_str());
 
@@ -246,7 +254,8 @@ async fn oversize_uploads_bombs_and_misused_ids_are_refused() {
     assert_eq!(status, 413, "{v}");
     assert_eq!(v["error"]["code"], "too_large");
     assert!(v["error"]["message"].as_str().unwrap().contains("60000 × 60000"), "{v}");
-    let (status, v) = upload(&api, &alice, &conversation, "fake.png", b"\x89PNG\r\n\x1a\n but not a picture").await;
+    let (status, v) =
+        upload(&api, &alice, &conversation, "fake.png", b"\x89PNG\r\n\x1a\n but not a picture").await;
     assert_eq!(status, 400, "{v}");
     assert!(
         !server.dir.path().join("data/blobs/attachments").exists()
@@ -285,7 +294,8 @@ async fn oversize_uploads_bombs_and_misused_ids_are_refused() {
     assert_eq!(status, 404, "someone else's upload is not there");
 
     // Sends naming attachments that are not theirs to send.
-    let unknown = send_with(&mut ws, &conversation, "m-unknown", &["01890a5d-ac96-774b-bcce-b302099a8057"]).await;
+    let unknown =
+        send_with(&mut ws, &conversation, "m-unknown", &["01890a5d-ac96-774b-bcce-b302099a8057"]).await;
     assert_eq!(unknown["error"]["code"], "not_found", "{unknown}");
     let unfinished = send_with(&mut ws, &conversation, "m-unfinished", &[&upload_id]).await;
     assert_eq!(unfinished["error"]["code"], "not_found", "{unfinished}");
@@ -299,7 +309,11 @@ async fn oversize_uploads_bombs_and_misused_ids_are_refused() {
     let first = send_with(&mut ws, &conversation, "m-1", &[mine]).await;
     assert_eq!(first["type"], "sent", "{first}");
     let again = send_with(&mut ws, &conversation, "m-1", &[mine]).await;
-    assert_eq!((again["type"].as_str(), again["seq"].as_u64()), (Some("sent"), first["seq"].as_u64()), "idempotent");
+    assert_eq!(
+        (again["type"].as_str(), again["seq"].as_u64()),
+        (Some("sent"), first["seq"].as_u64()),
+        "idempotent"
+    );
     let twice = send_with(&mut ws, &conversation, "m-2", &[mine]).await;
     assert_eq!(twice["error"]["code"], "conflict", "{twice}");
     // A plain file is served as a download, never inline.
@@ -385,8 +399,13 @@ async fn an_upload_broken_off_halfway_resumes_at_its_last_whole_part() {
         assert_eq!(send_with(&mut ws, &conversation, "v", &[&upload_id]).await["type"], "sent");
         let got = get_bytes(&api, &format!("/v1/attachments/{upload_id}"), Some(&bob.token), &[]).await;
         assert_eq!(got.headers()["content-length"].to_str().unwrap(), file.len().to_string());
-        assert!(got.bytes().await.unwrap()[..] == file[..], "{backend}: the resumed file is whole and in order");
-        let stored = std::fs::metadata(object_path(&server, backend, &format!("attachments/{upload_id}/file"))).unwrap();
+        assert!(
+            got.bytes().await.unwrap()[..] == file[..],
+            "{backend}: the resumed file is whole and in order"
+        );
+        let stored =
+            std::fs::metadata(object_path(&server, backend, &format!("attachments/{upload_id}/file")))
+                .unwrap();
         assert!(stored.len() > file.len() as u64, "{backend}: sealed chunks carry tags");
         ws.close().await;
     }
@@ -396,7 +415,8 @@ async fn an_upload_broken_off_halfway_resumes_at_its_last_whole_part() {
 async fn a_removed_member_keeps_earlier_files_and_loses_later_ones() {
     let server = Server::start().await;
     let api = server.api();
-    let (alice, bob, carol) = (api.register("alice").await, api.register("bob").await, api.register("carol").await);
+    let (alice, bob, carol) =
+        (api.register("alice").await, api.register("bob").await, api.register("carol").await);
     let (status, v) = api
         .post(
             "/v1/conversations/group",
@@ -410,7 +430,9 @@ async fn a_removed_member_keeps_earlier_files_and_loses_later_ones() {
     let (_, before) = upload(&api, &alice, &group, "before.txt", b"before").await;
     let before = before["upload_id"].as_str().unwrap().to_owned();
     assert_eq!(send_with(&mut ws, &group, "b", &[&before]).await["type"], "sent");
-    let (status, _) = api.call("DELETE", &format!("/v1/conversations/{group}/members/{}", carol.user_id), &alice.token, None).await;
+    let (status, _) = api
+        .call("DELETE", &format!("/v1/conversations/{group}/members/{}", carol.user_id), &alice.token, None)
+        .await;
     assert_eq!(status, 200);
     let (_, after) = upload(&api, &alice, &group, "after.txt", b"after").await;
     let after = after["upload_id"].as_str().unwrap().to_owned();
@@ -459,7 +481,8 @@ async fn with_the_blob_store_down_uploads_fail_clearly_and_text_flows() {
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["code"], "unavailable", "{v}");
     assert!(started.elapsed() < Duration::from_secs(15), "fails within the blob timeout, not hanging");
-    let bogus = send_with(&mut alice_ws, &conversation, "with-file", &["01890a5d-ac96-774b-bcce-b302099a8057"]).await;
+    let bogus =
+        send_with(&mut alice_ws, &conversation, "with-file", &["01890a5d-ac96-774b-bcce-b302099a8057"]).await;
     assert_eq!(bogus["error"]["code"], "unavailable", "{bogus}");
     // Text is untouched.
     alice_ws.send_message(&conversation, "t1", "still here").await;
