@@ -296,13 +296,13 @@ async fn oversize_uploads_bombs_and_misused_ids_are_refused() {
     // Sends naming attachments that are not theirs to send.
     let unknown =
         send_with(&mut ws, &conversation, "m-unknown", &["01890a5d-ac96-774b-bcce-b302099a8057"]).await;
-    assert_eq!(unknown["error"]["code"], "not_found", "{unknown}");
+    assert_eq!(unknown["code"], "not_found", "{unknown}");
     let unfinished = send_with(&mut ws, &conversation, "m-unfinished", &[&upload_id]).await;
-    assert_eq!(unfinished["error"]["code"], "not_found", "{unfinished}");
+    assert_eq!(unfinished["code"], "not_found", "{unfinished}");
     let (_, bobs) = upload(&api, &bob, &conversation, "b.txt", b"bob's notes").await;
     let bobs_id = bobs["upload_id"].as_str().unwrap();
     let stolen = send_with(&mut ws, &conversation, "m-stolen", &[bobs_id]).await;
-    assert_eq!(stolen["error"]["code"], "not_found", "{stolen}");
+    assert_eq!(stolen["code"], "not_found", "{stolen}");
     let (_, mine) = upload(&api, &alice, &conversation, "a.txt", b"alice's notes").await;
     let mine = mine["upload_id"].as_str().unwrap();
     assert_eq!(mine, mine.trim());
@@ -315,7 +315,7 @@ async fn oversize_uploads_bombs_and_misused_ids_are_refused() {
         "idempotent"
     );
     let twice = send_with(&mut ws, &conversation, "m-2", &[mine]).await;
-    assert_eq!(twice["error"]["code"], "conflict", "{twice}");
+    assert_eq!(twice["code"], "conflict", "{twice}");
     // A plain file is served as a download, never inline.
     let file = get_bytes(&api, &format!("/v1/attachments/{mine}"), Some(&bob.token), &[]).await;
     assert_eq!(file.status().as_u16(), 200);
@@ -483,7 +483,7 @@ async fn with_the_blob_store_down_uploads_fail_clearly_and_text_flows() {
     assert!(started.elapsed() < Duration::from_secs(15), "fails within the blob timeout, not hanging");
     let bogus =
         send_with(&mut alice_ws, &conversation, "with-file", &["01890a5d-ac96-774b-bcce-b302099a8057"]).await;
-    assert_eq!(bogus["error"]["code"], "unavailable", "{bogus}");
+    assert_eq!(bogus["code"], "unavailable", "{bogus}");
     // Text is untouched.
     alice_ws.send_message(&conversation, "t1", "still here").await;
     let got = bob_ws.expect("message").await;
