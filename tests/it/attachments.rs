@@ -449,25 +449,86 @@ async fn a_removed_member_keeps_earlier_files_and_loses_later_ones() {
     ws.close().await;
 }
 
+/// A private s3s-fs that a test may kill and start again on the same port and directory.
+struct PrivateS3 {
+    bin: String,
+    port: u16,
+    root: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateS3 {
+    const KEY: &str = "private-access";
+    const SECRET: &str = "private-secret-for-this-test";
+
+    fn start(bin: String) -> PrivateS3 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("switchboard")).unwrap();
+        let mut s3 = PrivateS3 { bin, port, root, child: None };
+        s3.up();
+        s3
+    }
+
+    fn up(&mut self) {
+        let child = std::process::Command::new(&self.bin)
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--access-key", Self::KEY, "--secret-key", Self::SECRET])
+            .arg(self.root.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "s3s-fs did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateS3 {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 #[tokio::test]
 async fn with_the_blob_store_down_uploads_fail_clearly_and_text_flows() {
-    // An S3 endpoint where nothing listens: the server was there, now it is gone.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
+    // A private S3 server that dies mid-test and comes back; without the binary (tests run
+    // outside scripts/test), an endpoint where nothing listens.
+    let mut s3 = std::env::var("SWITCHBOARD_TEST_S3_BIN").ok().map(PrivateS3::start);
+    let port = match &s3 {
+        Some(s3) => s3.port,
+        None => std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port(),
     };
     let endpoint = format!("http://127.0.0.1:{port}");
     let server = Server::start_env(&[
         ("SWITCHBOARD_BLOB_BACKEND", "s3"),
         ("SWITCHBOARD_S3_ENDPOINT", &endpoint),
-        ("SWITCHBOARD_S3_ACCESS_KEY", "test-access"),
-        ("SWITCHBOARD_S3_SECRET_KEY", "test-secret-not-used"),
+        ("SWITCHBOARD_S3_ACCESS_KEY", PrivateS3::KEY),
+        ("SWITCHBOARD_S3_SECRET_KEY", PrivateS3::SECRET),
         ("SWITCHBOARD_BLOB_TIMEOUT_MS", "2000"),
     ])
     .await;
     let (api, alice, bob, conversation) = pair(&server).await;
     let mut alice_ws = Ws::connect(&server, &alice).await;
     let mut bob_ws = Ws::connect(&server, &bob).await;
+    if s3.is_some() {
+        let (status, v) = upload(&api, &alice, &conversation, "up.png", &picture(64, 64)).await;
+        assert_eq!(status, 201, "while S3 is up: {v}");
+    }
+    if let Some(s3) = s3.as_mut() {
+        s3.kill();
+    }
     let started = std::time::Instant::now();
     let resp = http()
         .post(format!("{}/v1/conversations/{conversation}/attachments?name=a.png", api.base))
@@ -481,13 +542,21 @@ async fn with_the_blob_store_down_uploads_fail_clearly_and_text_flows() {
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["code"], "unavailable", "{v}");
     assert!(started.elapsed() < Duration::from_secs(15), "fails within the blob timeout, not hanging");
-    let bogus =
-        send_with(&mut alice_ws, &conversation, "with-file", &["01890a5d-ac96-774b-bcce-b302099a8057"]).await;
+    let bogus = send_with(&mut alice_ws, &conversation, "with-file", &["01890a5d-ac96-774b-bcce-b302099a8057"]).await;
     assert_eq!(bogus["code"], "unavailable", "{bogus}");
     // Text is untouched.
     alice_ws.send_message(&conversation, "t1", "still here").await;
     let got = bob_ws.expect("message").await;
     assert_eq!(got["body"], "still here");
+    // And uploads work again once S3 is back.
+    if let Some(s3) = s3.as_mut() {
+        s3.up();
+        let (status, v) = upload(&api, &alice, &conversation, "back.png", &picture(64, 64)).await;
+        assert_eq!(status, 201, "after S3 came back: {v}");
+        let id = v["upload_id"].as_str().unwrap();
+        assert_eq!(send_with(&mut alice_ws, &conversation, "with-file-2", &[id]).await["type"], "sent");
+        assert_eq!(bob_ws.expect("message").await["attachments"][0]["id"], id);
+    }
     alice_ws.close().await;
     bob_ws.close().await;
 }
