@@ -342,6 +342,13 @@ impl Config {
                     "a cluster needs storage.presence_backend = \"redis\" (membership and presence are shared there)",
                 ));
             }
+            if self.attachments.blob_backend != "s3" {
+                return Err(invalid(
+                    "cluster.cluster_enabled",
+                    "a cluster needs attachments.blob_backend = \"s3\": every node must read every attachment, \
+                     and a local blob directory is one node's alone",
+                ));
+            }
             if cluster.cluster_secret.len() < 32 {
                 return Err(invalid(
                     "cluster.cluster_secret",

@@ -64,14 +64,18 @@ impl Cluster {
         cassandra_nodes: Option<&str>,
         replication: &str,
     ) -> Option<Cluster> {
-        let (Ok(cassandra), Ok(_)) =
-            (std::env::var("SWITCHBOARD_TEST_CASSANDRA"), std::env::var("SWITCHBOARD_TEST_REDIS"))
-        else {
+        let (Ok(cassandra), Ok(_), Ok(s3)) = (
+            std::env::var("SWITCHBOARD_TEST_CASSANDRA"),
+            std::env::var("SWITCHBOARD_TEST_REDIS"),
+            std::env::var("SWITCHBOARD_TEST_S3_ENDPOINT"),
+        ) else {
             eprintln!(
-                "cluster test skipped: SWITCHBOARD_TEST_CASSANDRA and SWITCHBOARD_TEST_REDIS are not both set"
+                "cluster test skipped: SWITCHBOARD_TEST_CASSANDRA, SWITCHBOARD_TEST_REDIS and \
+                 SWITCHBOARD_TEST_S3_ENDPOINT are not all set"
             );
             return None;
         };
+        let s3_var = |k: &str| std::env::var(k).unwrap_or_default();
         let keyspace = format!("sbtest_{name}_{}", std::process::id());
         let env: Vec<(String, String)> = [
             ("SWITCHBOARD_STORE_BACKEND", "cassandra".to_owned()),
@@ -91,6 +95,11 @@ impl Cluster {
             ("SWITCHBOARD_MEMBERSHIP_RENEW_MS", "300".to_owned()),
             ("SWITCHBOARD_PEER_TIMEOUT_MS", "3000".to_owned()),
             ("SWITCHBOARD_OWNER_SHARDS", "2".to_owned()),
+            ("SWITCHBOARD_BLOB_BACKEND", "s3".to_owned()),
+            ("SWITCHBOARD_S3_ENDPOINT", s3),
+            ("SWITCHBOARD_S3_BUCKET", s3_var("SWITCHBOARD_TEST_S3_BUCKET")),
+            ("SWITCHBOARD_S3_ACCESS_KEY", s3_var("SWITCHBOARD_TEST_S3_ACCESS_KEY")),
+            ("SWITCHBOARD_S3_SECRET_KEY", s3_var("SWITCHBOARD_TEST_S3_SECRET_KEY")),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -273,6 +282,34 @@ async fn cluster_messages_and_presence_cross_nodes() {
         .get(&format!("/v1/conversations/{group}/messages/{}/receipts", after["seq"]), Some(&carol.token))
         .await;
     assert_eq!(status, 403, "a removed member reads nothing after the removal, on any node");
+    // An attachment uploaded through node1 and sent there reaches bob on node3; node2 and
+    // node3 serve it from the shared blob store (S3), and carol, removed, gets 403 anywhere.
+    let pic = crate::attachments::picture(400, 300);
+    let (status, up) = crate::attachments::upload(&api, &alice, &group, "map.png", &pic).await;
+    assert_eq!(status, 201, "{up}");
+    let id = up["upload_id"].as_str().unwrap().to_owned();
+    a.send(json!({"type":"send","id":"f1","conversation_id":group,"client_msg_id":"f1","body":"","attachments":[id]}))
+        .await;
+    let sent = a.expect("sent").await;
+    let shown = loop {
+        let m = b3.expect("message").await;
+        if m["seq"] == sent["seq"] {
+            break m["attachments"][0].clone();
+        }
+    };
+    let http = reqwest::Client::new();
+    for node in [1, 2] {
+        let base = format!("http://{}", cluster.addr(node));
+        let thumb =
+            http.get(format!("{base}{}", shown["thumbnail_url"].as_str().unwrap())).send().await.unwrap();
+        assert_eq!(thumb.status().as_u16(), 200, "thumbnail through node{}", node + 1);
+        let file =
+            http.get(format!("{base}/v1/attachments/{id}")).bearer_auth(&bob.token).send().await.unwrap();
+        assert_eq!(file.bytes().await.unwrap()[..], pic[..], "file through node{}", node + 1);
+        let refused =
+            http.get(format!("{base}/v1/attachments/{id}")).bearer_auth(&carol.token).send().await.unwrap();
+        assert_eq!(refused.status().as_u16(), 403);
+    }
     // Delivery went once per node, not per session.
     let mut deliveries = 0;
     for i in 0..NODES {

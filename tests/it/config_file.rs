@@ -67,6 +67,18 @@ async fn a_cluster_on_the_embedded_store_is_refused_at_start_naming_the_fix() {
     assert_ne!(code, Some(0), "{stderr}");
     assert!(stderr.contains("cluster.cluster_enabled") && stderr.contains("cassandra"), "{stderr}");
     assert!(stderr.contains("embedded store"), "{stderr}");
+    // A cluster whose attachments would stay on one node is refused.
+    let (_, stderr) = crate::harness::Server::refused(
+        &dir,
+        &[
+            ("SWITCHBOARD_STORE_BACKEND", "cassandra"),
+            ("SWITCHBOARD_PRESENCE_BACKEND", "redis"),
+            ("SWITCHBOARD_CLUSTER_ENABLED", "true"),
+            ("SWITCHBOARD_CLUSTER_SECRET", &secret),
+        ],
+    )
+    .await;
+    assert!(stderr.contains("attachments.blob_backend"), "{stderr}");
     // A cluster without its shared secret is refused as well.
     let (_, stderr) = crate::harness::Server::refused(
         &dir,
@@ -74,6 +86,7 @@ async fn a_cluster_on_the_embedded_store_is_refused_at_start_naming_the_fix() {
             ("SWITCHBOARD_STORE_BACKEND", "cassandra"),
             ("SWITCHBOARD_PRESENCE_BACKEND", "redis"),
             ("SWITCHBOARD_CLUSTER_ENABLED", "true"),
+            ("SWITCHBOARD_BLOB_BACKEND", "s3"),
         ],
     )
     .await;
