@@ -4,7 +4,7 @@
 //! hard limits — dimensions read from the header first, then the decoder's own pixel and
 //! allocation limits — so a decompression bomb is refused, not decoded.
 
-use image::{DynamicImage, ImageFormat, ImageReader};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
 use std::io::Cursor;
 
 /// The longer side of a thumbnail, in pixels.
@@ -55,7 +55,7 @@ pub enum MediaError {
     Undecodable(String),
 }
 
-/// A picture's dimensions and its thumbnail.
+/// A picture's dimensions (as shown: after its EXIF orientation) and its thumbnail.
 pub struct Thumbnail {
     pub width: u32,
     pub height: u32,
@@ -89,12 +89,18 @@ pub fn thumbnail(bytes: &[u8], limits: ImageLimits) -> Result<Thumbnail, MediaEr
     decoder_limits.max_alloc = Some(pixels.saturating_mul(8).max(1 << 20));
     let mut reader = reader(bytes)?;
     reader.limits(decoder_limits);
-    let picture = reader.decode().map_err(|e| match e {
+    let limited = |e: image::ImageError| match e {
         image::ImageError::Limits(l) => {
             MediaError::TooLarge(format!("the picture exceeds the decoder's limits: {l}"))
         }
         other => MediaError::Undecodable(other.to_string()),
-    })?;
+    };
+    let mut decoder = reader.into_decoder().map_err(limited)?;
+    // Phones store pictures sideways with an EXIF orientation: show them upright.
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut picture = DynamicImage::from_decoder(decoder).map_err(limited)?;
+    picture.apply_orientation(orientation);
+    let (width, height) = (picture.width(), picture.height());
     let small = picture.thumbnail(THUMBNAIL_SIDE, THUMBNAIL_SIDE);
     let (bytes, content_type) = encode(small)?;
     Ok(Thumbnail { width, height, bytes, content_type })
@@ -133,6 +139,33 @@ mod tests {
         assert_eq!(t.content_type, "image/jpeg");
         let small = image::load_from_memory(&t.bytes).unwrap();
         assert_eq!((small.width(), small.height()), (320, 160));
+    }
+
+    fn encoded(format: ImageFormat, width: u32, height: u32) -> Vec<u8> {
+        let img = DynamicImage::ImageRgba8(image::RgbaImage::from_fn(width, height, |x, y| {
+            image::Rgba([x as u8, y as u8, 90, 255])
+        }));
+        let img = if format == ImageFormat::Jpeg { DynamicImage::ImageRgb8(img.to_rgb8()) } else { img };
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, format).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn jpeg_webp_and_gif_are_thumbnailed_too() {
+        for (format, mime) in [
+            (ImageFormat::Jpeg, "image/jpeg"),
+            (ImageFormat::WebP, "image/webp"),
+            (ImageFormat::Gif, "image/gif"),
+        ] {
+            let bytes = encoded(format, 400, 640);
+            assert_eq!(sniff(&bytes), mime);
+            assert!(is_picture(mime));
+            let t = thumbnail(&bytes, LIMITS).unwrap_or_else(|e| panic!("{mime}: {e}"));
+            assert_eq!((t.width, t.height), (400, 640), "{mime}");
+            let small = image::load_from_memory(&t.bytes).unwrap();
+            assert_eq!((small.width(), small.height()), (200, 320), "{mime}");
+        }
     }
 
     #[test]

@@ -20,6 +20,10 @@ use futures_util::{Stream, StreamExt};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+/// A request that sends no bytes for this long is ended (the upload keeps its whole parts), so
+/// a stalled client does not hold the upload and its buffer.
+const STALLED: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Where an upload stands, as REST answers it.
 #[derive(Debug, Clone, Serialize)]
 pub struct UploadStatus {
@@ -136,10 +140,18 @@ impl Attachments {
         let mut hasher = (offset == 0).then(Sha256::new);
         let mut received = offset;
         let mut buffer = BytesMut::new();
-        while let Some(piece) = body.next().await {
-            let piece = match piece {
-                Ok(piece) => piece,
-                Err(e) => {
+        loop {
+            let piece = match tokio::time::timeout(STALLED, body.next()).await {
+                Ok(None) => break,
+                Ok(Some(Ok(piece))) => piece,
+                Err(_) => {
+                    return Err(Error::bad_request(format!(
+                        "the upload stalled (no bytes for {} s); continue at offset {}",
+                        STALLED.as_secs(),
+                        rec.offset()
+                    )));
+                }
+                Ok(Some(Err(e))) => {
                     tracing::info!(upload = %id, stored = rec.offset(), error = %e, "upload interrupted");
                     return Err(Error::bad_request(format!(
                         "the upload body broke off ({e}); continue at offset {}",
@@ -270,7 +282,12 @@ impl Attachments {
         let content_type = rec.content_type.clone().unwrap_or_else(|| "application/octet-stream".into());
         let picture = media::is_picture(&content_type) && rec.length <= self.config.image_max_bytes;
         // Read back what was stored when the hash is not whole (a resumed upload) or the
-        // picture is needed; this also proves the stored file opens.
+        // picture is needed; this also proves the stored file opens. A picture is held whole
+        // in memory, so only a few at a time.
+        let _permit = match picture {
+            true => Some(self.pictures.acquire().await.expect("the semaphore is never closed")),
+            false => None,
+        };
         let (sha256, plain) = match hash {
             Some(h) if !picture => (h, None),
             _ => self.read_back(key, id, rec.length, picture).await?,
@@ -342,8 +359,8 @@ impl Attachments {
         })
     }
 
+    /// Decodes a picture on the blocking pool (the caller holds a `pictures` permit).
     async fn thumbnail(&self, bytes: Vec<u8>) -> std::result::Result<media::Thumbnail, MediaError> {
-        let _permit = self.pictures.acquire().await.expect("the semaphore is never closed");
         let limits =
             ImageLimits { max_side: self.config.image_max_side, max_pixels: self.config.image_max_pixels };
         tokio::task::spawn_blocking(move || media::thumbnail(&bytes, limits))
