@@ -542,7 +542,8 @@ async fn with_the_blob_store_down_uploads_fail_clearly_and_text_flows() {
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["code"], "unavailable", "{v}");
     assert!(started.elapsed() < Duration::from_secs(15), "fails within the blob timeout, not hanging");
-    let bogus = send_with(&mut alice_ws, &conversation, "with-file", &["01890a5d-ac96-774b-bcce-b302099a8057"]).await;
+    let bogus =
+        send_with(&mut alice_ws, &conversation, "with-file", &["01890a5d-ac96-774b-bcce-b302099a8057"]).await;
     assert_eq!(bogus["code"], "unavailable", "{bogus}");
     // Text is untouched.
     alice_ws.send_message(&conversation, "t1", "still here").await;
