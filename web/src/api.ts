@@ -2,6 +2,7 @@
 // token; an error reply becomes an ApiError carrying its status, code and Retry-After.
 
 import type {
+  Attachment,
   AuthReply,
   ConversationsReply,
   DirectReply,
@@ -24,6 +25,16 @@ export class ApiError extends Error {
     super(message);
     this.name = 'ApiError';
   }
+}
+
+/** The ApiError of an error reply: its status, the JSON error's code and message
+ *  (`{"error": {"code", "message"}}`), and a whole-seconds `Retry-After`. */
+export function errorOf(status: number, json: unknown, retryAfter: string | null, statusText = ''): ApiError {
+  const err = (json as { error?: { code?: unknown; message?: unknown } } | null)?.error;
+  const code = typeof err?.code === 'string' ? err.code : `http_${status}`;
+  const message = typeof err?.message === 'string' ? err.message : statusText;
+  const ra = retryAfter !== null && /^\d+$/.test(retryAfter.trim()) ? Number(retryAfter.trim()) : null;
+  return new ApiError(status, code, message, ra);
 }
 
 /** A user-facing sentence for an error of any call. */
@@ -76,16 +87,7 @@ export class Api {
         json = null;
       }
     }
-    if (!res.ok) {
-      const err = (json as { error?: { code?: string; message?: string } } | null)?.error;
-      const ra = res.headers.get('Retry-After');
-      throw new ApiError(
-        res.status,
-        err?.code ?? `http_${res.status}`,
-        err?.message ?? res.statusText,
-        ra !== null && /^\d+$/.test(ra) ? Number(ra) : null,
-      );
-    }
+    if (!res.ok) throw errorOf(res.status, json, res.headers.get('Retry-After'), res.statusText);
     return json as T;
   }
 
@@ -139,6 +141,11 @@ export class Api {
 
   members(conversationId: string): Promise<MembersReply> {
     return this.call('GET', `/v1/conversations/${encodeURIComponent(conversationId)}/members`);
+  }
+
+  /** An attachment with fresh signed links (`GET /v1/attachments/{id}/info`). */
+  attachmentInfo(id: string): Promise<Attachment> {
+    return this.call('GET', `/v1/attachments/${encodeURIComponent(id)}/info`);
   }
 
   history(conversationId: string, before: number | null, limit = 50): Promise<HistoryReply> {

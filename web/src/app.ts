@@ -2,19 +2,22 @@
 // It turns user intents into REST calls and frames, server frames into state changes, and
 // state changes into (batched) renders; it owns the timers (outbox retries, receipts, the
 // one-second redraw of countdowns, typing expiry), the lookups of usernames the client knows
-// only by id (`names.ts`), and the sign-in session.
+// only by id (`names.ts`), uploads (`upload.ts`: one per chat at a time, sent as a message
+// when finished) and the sign-in session.
 
 import { Api, ApiError, describeError } from './api';
+import { parseAttachments } from './attachments';
 import { baseDelay } from './backoff';
 import type { ConnStatus } from './connection';
 import { Connection, socketUrl } from './connection';
 import { MAX_IDS_PER_LOOKUP } from './names';
-import type { ServerFrame } from './protocol';
+import type { ClientFrame, ServerFrame } from './protocol';
 import { MAX_BODY_BYTES } from './protocol';
 import { clearSession, loadNames, loadSession, saveNames, saveSession, type StoredSession } from './session';
-import { ClientState } from './state';
+import { ClientState, type PendingSend } from './state';
 import { TypingSender } from './typing';
-import type { Actions, Model } from './view/actions';
+import { describeUploadError, isAbort, uploadFile, uploadsPath, xhrTransport } from './upload';
+import type { Actions, Model, UploadView } from './view/actions';
 import { View } from './view/shell';
 
 const NOTICE_MS = 8_000;
@@ -22,6 +25,15 @@ const LIST_REFRESH_DEBOUNCE_MS = 250;
 const HISTORY_PAGE = 50;
 /** Ids noted within this long go out in the same name lookups. */
 const NAMES_DEBOUNCE_MS = 30;
+/** An attachment's links are asked again at most this often (after a picture did not load). */
+const LINK_REFRESH_MS = 60_000;
+
+/** An upload in progress (or failed, until dismissed). */
+interface Upload extends UploadView {
+  controller: AbortController;
+  /** Known once the server made it (to cancel it). */
+  uploadId: string | null;
+}
 
 function randomHex(bytes: number): string {
   const a = new Uint8Array(bytes);
@@ -56,6 +68,10 @@ export class App implements Actions {
   private nameFailures = 0;
   /** Bumped on sign-out: answers of calls made before it are dropped. */
   private generation = 0;
+  /** Uploads by conversation id. */
+  private readonly uploads = new Map<string, Upload>();
+  /** Attachment id → when its links were last asked again. */
+  private readonly linksAsked = new Map<string, number>();
 
   constructor() {
     this.view = new View(this);
@@ -128,6 +144,9 @@ export class App implements Actions {
     if (this.outboxTimer) clearTimeout(this.outboxTimer);
     this.outboxTimer = null;
     this.clearNameTimers();
+    for (const u of this.uploads.values()) u.controller.abort();
+    this.uploads.clear();
+    this.linksAsked.clear();
     this.view.auth.showError(message ?? '');
     this.requestRender();
   }
@@ -220,15 +239,17 @@ export class App implements Actions {
     this.requestRender();
   }
 
-  private writeSends(list: { conversationId: string; clientMsgId: string; body: string }[]): void {
+  private writeSends(list: PendingSend[]): void {
     for (const p of list) {
-      this.conn?.send({
+      const frame: ClientFrame = {
         type: 'send',
         id: p.clientMsgId,
         conversation_id: p.conversationId,
         client_msg_id: p.clientMsgId,
         body: p.body,
-      });
+      };
+      if (p.attachments.length > 0) frame.attachments = p.attachments.map((a) => a.id);
+      this.conn?.send(frame);
     }
   }
 
@@ -521,6 +542,110 @@ export class App implements Actions {
     return true;
   }
 
+  // ---- attachments ----
+
+  attach(file: File): void {
+    const s = this.state;
+    const c = s.openId ? s.get(s.openId) : undefined;
+    if (!c || c.left || c.deleted || this.session === null) return;
+    const busy = this.uploads.get(c.id);
+    if (busy && busy.state !== 'failed') {
+      this.showNotice(`Wait for ${busy.name} to finish uploading.`);
+      return;
+    }
+    const conversationId = c.id;
+    const u: Upload = {
+      conversationId,
+      name: file.name || 'file',
+      size: file.size,
+      sent: 0,
+      state: 'uploading',
+      error: null,
+      controller: new AbortController(),
+      uploadId: null,
+    };
+    this.uploads.set(conversationId, u);
+    const gen = this.generation;
+    const current = () => gen === this.generation && this.uploads.get(conversationId) === u;
+    uploadFile({
+      transport: xhrTransport,
+      token: () => this.session?.token ?? null,
+      conversationId,
+      file,
+      name: u.name,
+      signal: u.controller.signal,
+      onCreated: (id) => {
+        u.uploadId = id;
+      },
+      onProgress: (sent, total) => {
+        u.sent = sent;
+        u.state = sent >= total ? 'finishing' : 'uploading';
+        if (current()) this.requestRender();
+      },
+    }).then(
+      (attachment) => {
+        if (!current()) return;
+        this.uploads.delete(conversationId);
+        // Sent like any message (pending, ticks, written again after a reconnect), with the
+        // composer's text as its caption.
+        this.state.outbox.create(conversationId, this.view.takeCaption(conversationId), Date.now(), [attachment]);
+        this.typingSender.stop();
+        this.scheduleOutbox();
+        this.requestRender();
+      },
+      (e: unknown) => {
+        if (!current()) return;
+        if (isAbort(e)) {
+          this.uploads.delete(conversationId);
+        } else if (e instanceof ApiError && e.status === 401) {
+          this.signOut('Your session ended; log in again.');
+          return;
+        } else {
+          u.state = 'failed';
+          u.error = describeUploadError(e, u.name);
+        }
+        this.requestRender();
+      },
+    );
+    this.requestRender();
+  }
+
+  cancelUpload(): void {
+    const id = this.state.openId;
+    const u = id ? this.uploads.get(id) : undefined;
+    if (!id || !u) return;
+    this.uploads.delete(id);
+    u.controller.abort();
+    // What the server stored of it goes too (an upload it refused is gone already: 404).
+    const token = this.session?.token ?? null;
+    if (u.uploadId && token) {
+      void xhrTransport({
+        method: 'DELETE',
+        url: uploadsPath(u.uploadId),
+        headers: { Authorization: `Bearer ${token}` },
+      }).catch(() => undefined);
+    }
+    this.requestRender();
+  }
+
+  /** A picture did not load: its signed link may have expired. The attachment's fresh links
+   *  (`GET /v1/attachments/{id}/info`), at most once a minute per attachment. */
+  attachmentFailed(attachmentId: string): void {
+    const now = Date.now();
+    const last = this.linksAsked.get(attachmentId);
+    if (last !== undefined && now - last < LINK_REFRESH_MS) return;
+    this.linksAsked.set(attachmentId, now);
+    const gen = this.generation;
+    this.api.attachmentInfo(attachmentId).then(
+      (a) => {
+        if (gen !== this.generation) return;
+        const [fresh] = parseAttachments([a]);
+        if (fresh && this.state.updateAttachment(fresh)) this.requestRender();
+      },
+      () => undefined,
+    );
+  }
+
   typing(): void {
     const c = this.state.openId ? this.state.get(this.state.openId) : undefined;
     if (c && !c.left && !c.deleted) this.typingSender.input(c.id);
@@ -579,6 +704,7 @@ export class App implements Actions {
         signedIn: this.session !== null,
         now: Date.now(),
         notice: this.notice,
+        upload: (this.state.openId && this.uploads.get(this.state.openId)) || null,
       };
       this.view.render(model);
     });

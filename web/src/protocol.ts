@@ -24,6 +24,39 @@ export interface UsersReply {
   users: UserReply[];
 }
 
+/** A file attached to a message (docs/protocol.md § Attachments): in `message` frames, history
+ *  pages and the answer that finishes an upload. The links are signed (no header needed) and
+ *  expire (`GET /v1/attachments/{id}/info` gives fresh ones). */
+export interface Attachment {
+  id: string;
+  name: string;
+  /** The content type the server sniffed from the bytes. */
+  type: string;
+  size: number;
+  /** SHA-256 of the file, hex. */
+  sha256: string;
+  /** Pixel size of a picture. */
+  width?: number;
+  height?: number;
+  /** Whether a thumbnail (≤ 320 px) was made: then `thumbnail_url` is present. */
+  thumbnail: boolean;
+  url: string;
+  thumbnail_url?: string;
+}
+
+/** Where an upload stands (`POST …/attachments`, `PATCH`/`GET /v1/uploads/{id}`). */
+export interface UploadStatus {
+  upload_id: string;
+  /** Bytes stored; the next request continues here. */
+  offset: number;
+  length: number;
+  /** Interrupted requests fall back to a multiple of this: slices are this long. */
+  part_bytes: number;
+  complete: boolean;
+  /** The finished attachment (its id is the upload id). */
+  attachment?: Attachment;
+}
+
 export interface MessageView {
   conversation_id: string;
   seq: number;
@@ -32,7 +65,7 @@ export interface MessageView {
   client_msg_id: string;
   body: string;
   ts: number;
-  attachments?: string[];
+  attachments?: Attachment[];
   kind: MessageKind;
 }
 
@@ -96,7 +129,15 @@ export interface GroupChangeReply {
 
 export type ClientFrame =
   | { type: 'auth'; token: string }
-  | { type: 'send'; id?: string; conversation_id: string; client_msg_id: string; body: string }
+  | {
+      type: 'send';
+      id?: string;
+      conversation_id: string;
+      client_msg_id: string;
+      body: string;
+      /** Ids of finished uploads of the caller to this conversation (at most 10). */
+      attachments?: string[];
+    }
   | { type: 'delivered'; conversation_id: string; seq: number }
   | { type: 'read'; conversation_id: string; seq: number }
   | { type: 'typing'; conversation_id: string; active: boolean }
@@ -212,6 +253,9 @@ export const CLOSE_TOO_BIG = 1009;
 
 /** A message body's limit in bytes (`max_body_bytes`, default 64 KiB). */
 export const MAX_BODY_BYTES = 65536;
+
+/** Attachments one message may name. */
+export const MAX_ATTACHMENTS_PER_MESSAGE = 10;
 
 /** Error codes after which a send is retried with the same client_msg_id. */
 export function retryableSendError(code: string): boolean {

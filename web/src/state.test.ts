@@ -535,3 +535,56 @@ describe('typing', () => {
     expect(s.typingUsers(DM, 101)).toEqual([]);
   });
 });
+
+describe('attachments', () => {
+  const PIC = {
+    id: 'att-1',
+    name: 'cat.png',
+    type: 'image/png',
+    size: 2048,
+    sha256: 'ab',
+    width: 600,
+    height: 400,
+    thumbnail: true,
+    url: '/v1/attachments/att-1?exp=1&sig=a',
+    thumbnail_url: '/v1/attachments/att-1/thumbnail?exp=1&sig=b',
+  };
+
+  it('a message keeps its attachment objects; anything malformed is left out', () => {
+    const s = newState();
+    s.applyMessage(msg(1, { body: '', attachments: [PIC, 'att-2' as never] }));
+    const [item] = s.timeline(DM);
+    expect(item!.attachments).toEqual([PIC]);
+    expect(item!.body).toBe('');
+  });
+
+  it('an own send carries its uploads while pending and after `sent` (which names none)', () => {
+    const s = newState();
+    const p = s.outbox.create(DM, '', 5, [PIC]);
+    expect(s.timeline(DM)[0]!.attachments).toEqual([PIC]);
+    expect(s.outbox.takeDue(5).map((x) => x.attachments.map((a) => a.id))).toEqual([['att-1']]);
+    s.applySent(sent(p.clientMsgId, 1));
+    const [item] = s.timeline(DM);
+    expect(item!.seq).toBe(1);
+    expect(item!.pending).toBeNull();
+    expect(item!.attachments).toEqual([PIC]);
+  });
+
+  it('the preview of a message that is only files names them', () => {
+    const s = newState();
+    s.loadConversations([summary({ last_seq: 1, last_message: msg(1, { body: '', attachments: [PIC] }) })]);
+    expect(s.preview(s.get(DM)!)).toBe('📎 cat.png');
+    s.outbox.create(DM, '', 5, [PIC, { ...PIC, id: 'att-2' }]);
+    expect(s.preview(s.get(DM)!)).toBe('You: 📎 2 files');
+  });
+
+  it('fresh links replace the old ones wherever the attachment shows', () => {
+    const s = newState();
+    s.applyMessage(msg(1, { attachments: [PIC] }));
+    s.outbox.create(DM, '', 5, [PIC]);
+    const fresh = { ...PIC, url: '/v1/attachments/att-1?exp=2&sig=c', thumbnail_url: '/v1/attachments/att-1/thumbnail?exp=2&sig=d' };
+    expect(s.updateAttachment(fresh)).toBe(true);
+    expect(s.timeline(DM).map((i) => i.attachments[0]!.url)).toEqual([fresh.url, fresh.url]);
+    expect(s.updateAttachment({ ...fresh, id: 'other' })).toBe(false);
+  });
+});

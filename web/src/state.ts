@@ -6,6 +6,7 @@
 // protocol frame or a REST reply; the clock is passed in.
 
 import type {
+  Attachment,
   ConversationKind,
   ConversationSummary,
   DirectReply,
@@ -19,6 +20,7 @@ import type {
   SyncState,
 } from './protocol';
 import { retryableSendError } from './protocol';
+import { attachmentSummary, parseAttachments } from './attachments';
 import { baseDelay } from './backoff';
 import { NameDirectory } from './names';
 import { parseSystemBody, systemText, systemUserIds } from './system';
@@ -72,6 +74,7 @@ export interface ChatMessage {
   body: string;
   ts: number;
   kind: MessageKind;
+  attachments: Attachment[];
 }
 
 export function fromView(m: MessageView): ChatMessage {
@@ -84,6 +87,7 @@ export function fromView(m: MessageView): ChatMessage {
     body: m.body,
     ts: m.ts,
     kind: m.kind === 'system' ? 'system' : 'text',
+    attachments: parseAttachments(m.attachments),
   };
 }
 
@@ -93,6 +97,8 @@ export interface PendingSend {
   conversationId: string;
   clientMsgId: string;
   body: string;
+  /** Finished uploads named in the send (their ids go out; the objects draw the message). */
+  attachments: Attachment[];
   createdAt: number;
   /** How often it was written to a connection. */
   attempts: number;
@@ -121,12 +127,13 @@ export class Outbox {
   constructor(private readonly prefix: string) {}
 
   /** A new message, due at once. */
-  create(conversationId: string, body: string, now: number): PendingSend {
+  create(conversationId: string, body: string, now: number, attachments: Attachment[] = []): PendingSend {
     this.counter += 1;
     const p: PendingSend = {
       conversationId,
       clientMsgId: `${this.prefix}-${this.counter}`,
       body,
+      attachments: [...attachments],
       createdAt: now,
       attempts: 0,
       status: 'queued',
@@ -316,6 +323,7 @@ export interface TimelineItem {
   body: string;
   ts: number;
   kind: MessageKind;
+  attachments: Attachment[];
   own: boolean;
   pending: PendingSend | null;
 }
@@ -617,6 +625,7 @@ export class ClientState {
         body: p.body,
         ts: f.ts,
         kind: 'text',
+        attachments: p.attachments,
       };
       c.messages.set(f.seq, msg);
       if (!c.lastMessage || f.seq >= c.lastMessage.seq) c.lastMessage = msg;
@@ -805,10 +814,10 @@ export class ClientState {
   preview(c: Conversation): string {
     const pending = this.outbox.forConversation(c.id);
     const last = pending.length ? pending[pending.length - 1]! : null;
-    if (last) return `You: ${last.body}`;
+    if (last) return `You: ${last.body || attachmentSummary(last.attachments)}`;
     const m = c.lastMessage;
     if (!m) return '';
-    const text = this.messageText(m);
+    const text = m.kind === 'text' && !m.body ? attachmentSummary(m.attachments) : this.messageText(m);
     if (m.kind === 'system') return text;
     if (this.isMe(m.authorId)) return `You: ${text}`;
     return c.kind === 'group' ? `${this.displayName(m.authorId)}: ${text}` : text;
@@ -849,6 +858,7 @@ export class ClientState {
           body: m.body,
           ts: m.ts,
           kind: m.kind,
+          attachments: m.attachments,
           own,
           pending: null,
         });
@@ -863,11 +873,32 @@ export class ClientState {
         body: p.body,
         ts: p.createdAt,
         kind: 'text',
+        attachments: p.attachments,
         own: true,
         pending: p,
       });
     }
     return out;
+  }
+
+  /** Fresh links of an attachment (`GET /v1/attachments/{id}/info`, after a link expired):
+   *  every message and pending send that shows it takes them. False when none shows it. */
+  updateAttachment(fresh: Attachment): boolean {
+    let found = false;
+    const swap = (list: Attachment[]) => {
+      for (let i = 0; i < list.length; i++) {
+        if (list[i]!.id === fresh.id) {
+          list[i] = { ...fresh };
+          found = true;
+        }
+      }
+    };
+    for (const c of this.conversations.values()) {
+      for (const m of c.messages.values()) swap(m.attachments);
+      if (c.lastMessage) swap(c.lastMessage.attachments);
+    }
+    for (const p of this.outbox.list()) swap(p.attachments);
+    return found;
   }
 
   /** Direct peers, to watch their presence. */

@@ -21,6 +21,24 @@ export interface Actions {
   reconnectNow(): void;
   retrySend(clientMsgId: string): void;
   discardSend(clientMsgId: string): void;
+  /** Uploads a file to the open chat, then sends it (with the composer's text) as a message. */
+  attach(file: File): void;
+  /** Cancels the open chat's upload, or dismisses its error. */
+  cancelUpload(): void;
+  /** A picture of an attachment did not load (its signed link may have expired). */
+  attachmentFailed(attachmentId: string): void;
+}
+
+/** The open chat's upload, as the composer shows it. */
+export interface UploadView {
+  conversationId: string;
+  name: string;
+  size: number;
+  /** Bytes the server holds or is being sent. */
+  sent: number;
+  /** `finishing`: every byte is sent, the server checks the file (hash, thumbnail). */
+  state: 'uploading' | 'finishing' | 'failed';
+  error: string | null;
 }
 
 export interface Model {
@@ -29,4 +47,6 @@ export interface Model {
   signedIn: boolean;
   now: number;
   notice: string | null;
+  /** The open chat's upload (null when none). */
+  upload: UploadView | null;
 }

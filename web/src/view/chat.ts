@@ -1,11 +1,15 @@
 // The chat pane: header (title, back button, the direct peer's presence dot and "last seen"),
 // a group's members with roles and the add-member form, the timeline (load older, messages
-// with ticks and "read by", system lines), the typing line and the composer (Enter sends).
+// with ticks, "read by", attachments; system lines), the typing line, the upload line and the
+// composer (Enter sends; the paperclip uploads a file and sends it).
 
+import { MAX_BODY_BYTES, type Attachment } from '../protocol';
 import type { ClientState, Conversation, TimelineItem } from '../state';
-import type { Actions, Model } from './actions';
+import { percentOf } from '../upload';
+import type { Actions, Model, UploadView } from './actions';
+import { Lightbox, renderAttachments } from './attachments';
 import { attr, byId, el, reconcile, show, text } from './dom';
-import { lastSeenText, tickLabel, tickText, timeText, typingText } from './format';
+import { lastSeenText, tickLabel, tickText, timeText, typingText, uploadText } from './format';
 
 const NEAR_BOTTOM_PX = 80;
 
@@ -29,9 +33,38 @@ export class ChatView {
   private readonly composerForm = byId<HTMLFormElement>('composer-form');
   private readonly composer = byId<HTMLTextAreaElement>('composer');
   private readonly sendButton = byId<HTMLButtonElement>('send');
+  private readonly attachButton = byId<HTMLButtonElement>('attach');
+  private readonly attachInput = byId<HTMLInputElement>('attach-input');
+  private readonly upload = byId('upload');
+  private readonly uploadText = byId('upload-text');
+  private readonly uploadProgress = byId<HTMLProgressElement>('upload-progress');
+  private readonly uploadCancel = byId<HTMLButtonElement>('upload-cancel');
+  private readonly lightbox: Lightbox;
+  /** The attachments of the timeline drawn last, by id (for the lightbox). */
+  private attachments = new Map<string, Attachment>();
   private shownId: string | null = null;
 
   constructor(actions: Actions) {
+    this.lightbox = new Lightbox((id) => actions.attachmentFailed(id));
+    this.attachButton.addEventListener('click', () => this.attachInput.click());
+    this.attachInput.addEventListener('change', () => {
+      const file = this.attachInput.files?.[0];
+      // Cleared, so that choosing the same file again is a change too.
+      this.attachInput.value = '';
+      if (file) actions.attach(file);
+    });
+    this.uploadCancel.addEventListener('click', () => actions.cancelUpload());
+    // A thumbnail that does not load (error events do not bubble: listen while capturing).
+    this.messages.addEventListener(
+      'error',
+      (ev) => {
+        const img = ev.target;
+        if (!(img instanceof HTMLImageElement) || !img.getAttribute('src')) return;
+        const id = img.closest<HTMLElement>('[data-testid="attachment"]')?.dataset.attachmentId;
+        if (id) actions.attachmentFailed(id);
+      },
+      true,
+    );
     byId('back').addEventListener('click', () => actions.back());
     this.loadOlder.addEventListener('click', () => actions.loadOlder());
     this.addForm.addEventListener('submit', async (ev) => {
@@ -66,6 +99,11 @@ export class ChatView {
     });
     this.messages.addEventListener('click', (ev) => {
       const b = (ev.target as HTMLElement).closest<HTMLElement>('button[data-action]');
+      if (b?.dataset.action === 'lightbox') {
+        const a = this.attachments.get(b.dataset.attachmentId ?? '');
+        if (a) this.lightbox.show(a);
+        return;
+      }
       const id = b?.dataset.clientMsgId;
       if (!b || !id) return;
       if (b.dataset.action === 'retry') actions.retrySend(id);
@@ -80,6 +118,7 @@ export class ChatView {
     show(this.pane, !!c);
     if (!c) {
       this.shownId = null;
+      this.lightbox.close();
       return;
     }
     const switched = this.shownId !== c.id;
@@ -99,10 +138,40 @@ export class ChatView {
     text(this.leftNote, c.deleted ? 'This group was deleted.' : 'You are no longer a member of this group.');
     this.composer.disabled = closed;
     this.sendButton.disabled = closed;
+    this.renderUpload(m.upload && m.upload.conversationId === c.id ? m.upload : null, closed);
     if (switched) {
+      this.lightbox.close();
       this.composer.value = '';
       if (!closed) this.composer.focus({ preventScroll: true });
     }
+  }
+
+  /** The upload line above the composer: "Uploading cat.png… 42 %" with a bar and Cancel, or
+   *  the reason it failed with Dismiss. One upload per chat at a time. */
+  private renderUpload(u: UploadView | null, closed: boolean): void {
+    show(this.upload, u !== null);
+    this.attachButton.disabled = closed || (u !== null && u.state !== 'failed');
+    if (!u) return;
+    const percent = percentOf(u.sent, u.size);
+    attr(this.upload, 'data-state', u.state);
+    attr(this.upload, 'data-percent', String(percent));
+    attr(this.upload, 'role', u.state === 'failed' ? 'alert' : 'status');
+    text(this.uploadText, uploadText(u.state, u.name, percent, u.error));
+    show(this.uploadProgress, u.state !== 'failed');
+    attr(this.uploadProgress, 'value', String(percent));
+    text(this.uploadCancel, u.state === 'failed' ? 'Dismiss' : 'Cancel');
+    attr(this.uploadCancel, 'aria-label', u.state === 'failed' ? 'Dismiss the upload error' : `Cancel the upload of ${u.name}`);
+  }
+
+  /** The composer's text as the caption of a file just uploaded to `conversationId`: taken
+   *  (and the composer cleared) when that chat is shown and the text fits in a message, else
+   *  "" and the composer keeps it. */
+  takeCaption(conversationId: string): string {
+    if (this.shownId !== conversationId || this.composer.disabled) return '';
+    const caption = this.composer.value.replace(/\s+$/, '');
+    if (caption.trim().length === 0 || new TextEncoder().encode(caption).length > MAX_BODY_BYTES) return '';
+    this.composer.value = '';
+    return caption;
   }
 
   private renderPresence(s: ClientState, c: Conversation, now: number): void {
@@ -161,6 +230,9 @@ export class ChatView {
     text(this.loadOlder, c.loadingHistory ? 'Loading…' : 'Load older');
 
     const items = s.timeline(c.id);
+    this.attachments = new Map(items.flatMap((i) => i.attachments.map((a) => [a.id, a] as const)));
+    const inLightbox = this.lightbox.openId ? this.attachments.get(this.lightbox.openId) : undefined;
+    if (inLightbox) this.lightbox.update(inLightbox);
     if (switched) this.messages.replaceChildren();
     reconcile<TimelineItem>(
       this.messages,
@@ -193,7 +265,7 @@ export class ChatView {
     li.className = i.own ? 'msg own' : 'msg other';
     const meta = el('div', { class: 'msg-meta' });
     meta.append(el('span', { class: 'author' }), el('time', { class: 'time' }));
-    li.append(meta, el('div', { class: 'msg-body' }));
+    li.append(meta, el('div', { class: 'msg-body' }), el('div', { class: 'msg-attachments' }));
     if (i.own) {
       const status = el('div', { class: 'msg-status' });
       status.append(el('span', { class: 'tick', 'data-testid': 'tick' }));
@@ -217,7 +289,12 @@ export class ChatView {
     const time = li.querySelector<HTMLTimeElement>('.time')!;
     text(time, timeText(i.ts, now));
     attr(time, 'datetime', new Date(i.ts).toISOString());
-    text(li.querySelector('.msg-body')!, i.body);
+    const body = li.querySelector<HTMLElement>('.msg-body')!;
+    text(body, i.body);
+    show(body, i.body.length > 0 || i.attachments.length === 0);
+    const files = li.querySelector<HTMLElement>('.msg-attachments')!;
+    renderAttachments(files, i.attachments);
+    show(files, i.attachments.length > 0);
     if (!i.own) return;
     const state = s.tick(c, i);
     const tick = li.querySelector<HTMLElement>('.tick')!;

@@ -1,7 +1,7 @@
 // Unit tests of the texts the views show: ticks, last seen, typing line, connection state.
 
 import { describe, expect, it } from 'vitest';
-import { lastSeenText, statusText, tickText, typingText } from './format';
+import { lastSeenText, statusText, tickText, typingText, uploadText } from './format';
 
 describe('format', () => {
   it('ticks', () => {
@@ -32,5 +32,14 @@ describe('format', () => {
     expect(statusText({ state: 'reconnecting', retryAt: 2_400, attempt: 1, lastCode: 1006 }, 0)).toBe('reconnecting in 3s');
     expect(statusText({ state: 'reconnecting', retryAt: 100, attempt: 1, lastCode: null }, 0)).toBe('reconnecting in 1s');
     expect(statusText({ state: 'offline', reason: 'signed out' }, 0)).toBe('offline');
+  });
+});
+
+describe('uploadText', () => {
+  it('progress, finishing and the reason it failed', () => {
+    expect(uploadText('uploading', 'cat.png', 42, null)).toBe('Uploading cat.png… 42 %');
+    expect(uploadText('finishing', 'cat.png', 100, null)).toBe('Finishing cat.png…');
+    expect(uploadText('failed', 'cat.png', 10, 'cat.png is too large.')).toBe('cat.png is too large.');
+    expect(uploadText('failed', 'cat.png', 10, null)).toBe('cat.png was not uploaded.');
   });
 });

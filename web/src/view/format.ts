@@ -1,5 +1,5 @@
 // Text the views show, pure (so it is unit-tested): tick marks, "last seen", the typing line,
-// the connection state and message times.
+// the connection state, message times and the upload line.
 
 import type { ConnStatus } from '../connection';
 import type { Presence, TickState } from '../state';
@@ -66,4 +66,21 @@ export function timeText(ts: number, now: number): string {
   const hm = `${String(d.getHours()).padStart(2, '0')}:${String(d.getMinutes()).padStart(2, '0')}`;
   if (d.toDateString() === new Date(now).toDateString()) return hm;
   return `${d.toISOString().slice(0, 10)} ${hm}`;
+}
+
+/** The upload line: "Uploading cat.png… 42 %", "Finishing cat.png…", or why it failed. */
+export function uploadText(
+  state: 'uploading' | 'finishing' | 'failed',
+  name: string,
+  percent: number,
+  error: string | null,
+): string {
+  switch (state) {
+    case 'uploading':
+      return `Uploading ${name}… ${percent} %`;
+    case 'finishing':
+      return `Finishing ${name}…`;
+    case 'failed':
+      return error ?? `${name} was not uploaded.`;
+  }
 }

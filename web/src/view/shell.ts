@@ -28,6 +28,11 @@ export class View {
     this.reconnect.addEventListener('click', () => actions.reconnectNow());
   }
 
+  /** The composer's text as the caption of a file uploaded to `conversationId` (see ChatView). */
+  takeCaption(conversationId: string): string {
+    return this.chat.takeCaption(conversationId);
+  }
+
   render(m: Model): void {
     const st = m.status;
     text(this.conn, statusText(st, m.now));
