@@ -18,8 +18,19 @@ const NAME_MAX: usize = 255;
 pub fn sniff(head: &[u8]) -> String {
     match infer::get(head) {
         Some(kind) => kind.mime_type().to_string(),
+        None if looks_like_text(head) => "text/plain; charset=utf-8".to_string(),
         None => "application/octet-stream".to_string(),
     }
+}
+
+/// UTF-8 without NULs (a multi-byte character cut off at the end of `head` is fine).
+fn looks_like_text(head: &[u8]) -> bool {
+    let valid = match std::str::from_utf8(head) {
+        Ok(_) => head.len(),
+        Err(e) if e.error_len().is_none() => e.valid_up_to(),
+        Err(_) => return false,
+    };
+    !head.is_empty() && !head[..valid].contains(&0)
 }
 
 /// Whether the node makes thumbnails of this type (and serves it inline).
@@ -187,7 +198,15 @@ mod tests {
     #[test]
     fn garbage_is_undecodable_and_names_are_cleaned() {
         assert!(matches!(thumbnail(b"\x89PNG\r\n\x1a\nnot really", LIMITS), Err(MediaError::Undecodable(_))));
-        assert_eq!(sniff(b"hello"), "application/octet-stream");
+        assert_eq!(sniff("hello, wörld".as_bytes()), "text/plain; charset=utf-8");
+        assert_eq!(
+            sniff(&"é".as_bytes()[..1]),
+            "text/plain; charset=utf-8",
+            "a character cut by the sniff window"
+        );
+        assert_eq!(sniff(b"\xff\xfe binary"), "application/octet-stream");
+        assert_eq!(sniff(b"nul\0byte"), "application/octet-stream");
+        assert_eq!(sniff(b""), "application/octet-stream");
         assert_eq!(clean_name("../../etc/passwd"), "passwd");
         assert_eq!(clean_name("C:\\x\\cat\u{0}.png"), "cat.png");
         assert_eq!(clean_name("  "), "file");
