@@ -102,10 +102,15 @@ impl Attachments {
     }
 
     async fn record(&self, id: AttachmentId) -> Result<Option<AttachmentRecord>> {
-        match self.blob.get(&record::record_key(id)).await {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| corrupt(&format!("attachment record {id}: {e}"))),
+        self.get_json(&record::record_key(id)).await
+    }
+
+    /// A JSON record of the blob store; `None` when absent.
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        match self.blob.get(key).await {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map(Some).map_err(|e| corrupt(&format!("record {key}: {e}")))
+            }
             Err(BlobError::NotFound) => Ok(None),
             Err(e) => Err(blob_error(e)),
         }

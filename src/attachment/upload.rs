@@ -8,13 +8,12 @@
 use super::cipher::{ChunkCipher, Variant};
 use super::media::{self, ImageLimits, MediaError};
 use super::record::{self, AttachmentRecord, PART_BYTES, PART_CHUNKS, UploadRecord};
-use super::{Attachments, blob_error, corrupt};
+use super::{Attachments, blob_error};
 use crate::conversation::sealed_attachments;
 use crate::crypto::ConversationKey;
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::{AttachmentId, AttachmentInfo, ConversationId, UserId, now_millis};
 use crate::protocol::AttachmentView;
-use crate::store::blob::BlobError;
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use serde::Serialize;
@@ -197,13 +196,7 @@ impl Attachments {
     }
 
     async fn upload(&self, id: AttachmentId) -> Result<Option<UploadRecord>> {
-        match self.blob.get(&record::upload_key(id)).await {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| corrupt(&format!("upload record {id}: {e}"))),
-            Err(BlobError::NotFound) => Ok(None),
-            Err(e) => Err(blob_error(e)),
-        }
+        self.get_json(&record::upload_key(id)).await
     }
 
     async fn finished(&self, user: UserId, id: AttachmentId) -> Result<UploadStatus> {

@@ -11,7 +11,7 @@ use switchboard::attachment::{Attachments, PART_BYTES};
 use switchboard::config::AttachmentsConfig;
 use switchboard::conversation::directory::Conversations;
 use switchboard::crypto::MasterKey;
-use switchboard::model::{UserId, now_millis};
+use switchboard::model::{ConversationId, UserId, now_millis};
 use switchboard::store::blob::{BlobStore, ObjectBlobStore};
 use switchboard::store::embedded::EmbeddedStore;
 
@@ -25,17 +25,35 @@ async fn keys(blob: &dyn BlobStore, prefix: &str) -> Vec<String> {
     keys
 }
 
+/// Attachments over the embedded store and a local blob directory, with alice's direct
+/// conversation.
+struct Setup {
+    _dir: tempfile::TempDir,
+    blob: Arc<dyn BlobStore>,
+    attachments: Attachments,
+    ttl_ms: i64,
+    alice: UserId,
+    conversation: ConversationId,
+}
+
+impl Setup {
+    async fn new() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(&dir.path().join("store")).unwrap());
+        let conversations = Arc::new(Conversations::new(store.clone(), Some(MasterKey::generate())));
+        let blob: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::local(&dir.path().join("blobs")).unwrap());
+        let config = AttachmentsConfig::default();
+        let ttl_ms = (config.upload_ttl_s * 1000) as i64;
+        let attachments = Attachments::new(blob.clone(), conversations.clone(), store, config);
+        let (alice, bob) = (UserId::generate(), UserId::generate());
+        let conversation = conversations.open_direct(alice, bob).await.unwrap().id;
+        Setup { _dir: dir, blob, attachments, ttl_ms, alice, conversation }
+    }
+}
+
 #[actix_rt::test]
 async fn the_sweep_deletes_idle_uploads_and_unsent_files_and_keeps_sent_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(EmbeddedStore::open(&dir.path().join("store")).unwrap());
-    let conversations = Arc::new(Conversations::new(store.clone(), Some(MasterKey::generate())));
-    let blob: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::local(&dir.path().join("blobs")).unwrap());
-    let config = AttachmentsConfig::default();
-    let ttl_ms = (config.upload_ttl_s * 1000) as i64;
-    let attachments = Attachments::new(blob.clone(), conversations.clone(), store.clone(), config);
-    let (alice, bob) = (UserId::generate(), UserId::generate());
-    let conversation = conversations.open_direct(alice, bob).await.unwrap().id;
+    let Setup { _dir, blob, attachments, ttl_ms, alice, conversation } = Setup::new().await;
 
     // An upload with one whole part stored, then abandoned.
     let idle = attachments.create(alice, conversation, "idle.bin", PART_BYTES + 10).await.unwrap();
@@ -80,15 +98,7 @@ async fn the_sweep_deletes_idle_uploads_and_unsent_files_and_keeps_sent_ones() {
 
 #[actix_rt::test]
 async fn a_send_refuses_an_attachment_about_to_expire() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(EmbeddedStore::open(&dir.path().join("store")).unwrap());
-    let conversations = Arc::new(Conversations::new(store.clone(), Some(MasterKey::generate())));
-    let blob: Arc<dyn BlobStore> = Arc::new(ObjectBlobStore::local(&dir.path().join("blobs")).unwrap());
-    let config = AttachmentsConfig::default();
-    let ttl_ms = (config.upload_ttl_s * 1000) as i64;
-    let attachments = Attachments::new(blob.clone(), conversations.clone(), store.clone(), config);
-    let (alice, bob) = (UserId::generate(), UserId::generate());
-    let conversation = conversations.open_direct(alice, bob).await.unwrap().id;
+    let Setup { _dir, blob, attachments, ttl_ms, alice, conversation } = Setup::new().await;
     let id = attachments.create(alice, conversation, "old.txt", 3).await.unwrap().upload_id;
     attachments.append(alice, id, 0, body(b"old".to_vec())).await.unwrap();
     // Age the record: rewrite its creation time to 95 % of the TTL ago.

@@ -11,8 +11,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { deflateSync } from 'node:zlib';
-import { chromium } from 'playwright-core';
-import { Server } from './server.mjs';
+import { Server, launchBrowser } from './server.mjs';
 
 const OUT = process.env.WEB_E2E_OUT || 'target/web-e2e';
 const WAIT = 20_000;
@@ -24,19 +23,7 @@ let browser;
 before(async () => {
   mkdirSync(OUT, { recursive: true });
   server = await Server.start();
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM_BIN || '/usr/bin/chromium',
-    headless: true,
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-  });
+  browser = await launchBrowser();
 });
 
 after(async () => {

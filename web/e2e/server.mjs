@@ -5,6 +5,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createServer } from 'node:net';
+import { chromium } from 'playwright-core';
 
 async function freePort() {
   return new Promise((resolve, reject) => {
@@ -78,4 +79,21 @@ export class Server {
     await this.stop();
     await this.spawn();
   }
+}
+
+/** Debian's chromium (never a downloaded browser), headless, as every browser test runs it. */
+export function launchBrowser() {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM_BIN || '/usr/bin/chromium',
+    headless: true,
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+  });
 }
