@@ -78,6 +78,16 @@ impl From<reqwest::Error> for StepError {
 
 /// 5xx and 429 are worth another try (a node down behind a balancer, overload); other
 /// statuses are final.
+/// A message as the terminal shows it: its body, then one `[file: name, size]` per attachment.
+fn shown(m: &Value) -> String {
+    let mut line = m["body"].as_str().unwrap_or("").to_owned();
+    for a in m["attachments"].as_array().into_iter().flatten() {
+        let kind = if a["thumbnail"] == true { "picture" } else { "file" };
+        line.push_str(&format!(" [{kind}: {}, {} bytes]", a["name"].as_str().unwrap_or("?"), a["size"]));
+    }
+    line
+}
+
 fn status_error(what: &str, status: u16, body: &Value) -> StepError {
     let msg = format!("{what} failed ({status}): {body}");
     if status >= 500 || status == 429 { StepError::Retry(msg) } else { StepError::Fatal(msg) }
@@ -455,7 +465,7 @@ async fn chat(args: ChatArgs) -> Result<(), Failure> {
                             println!(
                                 "[{seq}] {}: {}",
                                 name(v["author_id"].as_str().unwrap_or("")),
-                                v["body"].as_str().unwrap_or("")
+                                shown(&v)
                             );
                             reply.push(json!({"type":"read","conversation_id":conv,"seq":seq}));
                         }
@@ -476,7 +486,7 @@ async fn chat(args: ChatArgs) -> Result<(), Failure> {
                                 "[{}] {}: {}",
                                 m["seq"],
                                 name(m["author_id"].as_str().unwrap_or("")),
-                                m["body"].as_str().unwrap_or("")
+                                shown(m)
                             );
                             last = m["seq"].as_u64().unwrap_or(last);
                         }
