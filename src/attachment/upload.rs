@@ -14,7 +14,7 @@ use crate::crypto::ConversationKey;
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::{AttachmentId, AttachmentInfo, ConversationId, UserId, now_millis};
 use crate::protocol::AttachmentView;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -138,7 +138,7 @@ impl Attachments {
         // The hash is only whole when this request carries the file from its first byte.
         let mut hasher = (offset == 0).then(Sha256::new);
         let mut received = offset;
-        let mut buffer = BytesMut::new();
+        let mut buffer: Vec<u8> = Vec::new();
         loop {
             let piece = match tokio::time::timeout(STALLED, body.next()).await {
                 Ok(None) => break,
@@ -169,20 +169,29 @@ impl Attachments {
             if let Some(h) = hasher.as_mut() {
                 h.update(&piece);
             }
-            buffer.extend_from_slice(&piece);
-            // A full part is stored now unless it is the file's last (that one finishes it).
-            while buffer.len() as u64 > PART_BYTES
-                || (buffer.len() as u64 == PART_BYTES && received < rec.length)
-            {
-                let part = buffer.split_to(PART_BYTES as usize).freeze();
-                self.store_part(&mut rec, &key, part, false).await?;
+            // The buffer holds the next part (it starts at `rec.offset()`), allocated once at
+            // its final size: memory per upload is one part, plus its sealed copy in flight.
+            let mut rest = &piece[..];
+            while !rest.is_empty() {
+                let part_len = PART_BYTES.min(rec.length - rec.offset()) as usize;
+                if buffer.capacity() == 0 {
+                    buffer.reserve_exact(part_len);
+                }
+                let take = (part_len - buffer.len()).min(rest.len());
+                buffer.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                // A full part is stored now unless it is the file's last (that one finishes it).
+                if buffer.len() == part_len && rec.offset() + PART_BYTES < rec.length {
+                    let part = Bytes::from(std::mem::take(&mut buffer));
+                    self.store_part(&mut rec, &key, part, false).await?;
+                }
             }
         }
         if received < rec.length {
             return Ok(status_of(&rec));
         }
         let hash = hasher.map(|h| hex::encode(h.finalize()));
-        self.finish(rec, &key, buffer.freeze(), hash).await
+        self.finish(rec, &key, Bytes::from(buffer), hash).await
     }
 
     fn lock(&self, id: AttachmentId) -> Result<Writing<'_>> {
