@@ -198,6 +198,8 @@ async fn a_picture_reaches_another_device_with_thumbnail_range_and_signed_links(
         assert_eq!(cached.status().as_u16(), 304);
         let tail = get_bytes(&api, &path, Some(&bob.token), &[("Range", "bytes=-10")]).await;
         assert_eq!(&tail.bytes().await.unwrap()[..], &original[original.len() - 10..]);
+        let head = http().head(format!("{}{url}", api.base)).send().await.unwrap();
+        assert_eq!(head.headers()["content-length"].to_str().unwrap(), original.len().to_string(), "HEAD");
         let beyond = get_bytes(&api, &path, Some(&bob.token), &[("Range", "bytes=99999999-")]).await;
         assert_eq!(beyond.status().as_u16(), 416);
 
