@@ -2,7 +2,8 @@
 //! sealing it as the upload path does (ten 5 MiB parts, each `seal_run` into a new buffer),
 //! opening it as the download path does (one 64 KiB chunk at a time), against a plain copy of
 //! the same bytes (into a buffer made beforehand, and into a new one), and SHA-256 of the
-//! plaintext (every upload hashes it). Few samples: `cargo test --all-targets` runs each once.
+//! plaintext (every upload hashes it). Few samples; and `cargo test --all-targets`, which runs
+//! each once on an unoptimised build (no `--bench` argument), gets a 1 MiB file instead.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
@@ -12,7 +13,12 @@ use switchboard::attachment::cipher::{CHUNK, ChunkCipher, SEALED_CHUNK, Variant,
 use switchboard::crypto::MasterKey;
 use switchboard::model::AttachmentId;
 
-const FILE: usize = 50 * 1024 * 1024;
+const MIB: usize = 1024 * 1024;
+
+/// 50 MiB when benchmarking (`cargo bench` passes `--bench`), 1 MiB as a test.
+fn file_size() -> usize {
+    if std::env::args().any(|a| a == "--bench") { 50 * MIB } else { MIB }
+}
 
 /// `n` bytes that are not all alike (the cipher does not care; the copy should not either).
 fn file(n: usize) -> Vec<u8> {
@@ -42,13 +48,14 @@ fn seal_parts(cipher: &ChunkCipher, plain: &[u8]) -> Vec<Vec<u8>> {
 fn attachment_cipher(c: &mut Criterion) {
     let (key, _) = MasterKey::generate().new_conversation_key(b"bench");
     let cipher = ChunkCipher::new(&key, AttachmentId::generate(), Variant::File);
-    let plain = file(FILE);
+    let size = file_size();
+    let plain = file(size);
     let sealed: Vec<u8> = seal_parts(&cipher, &plain).concat();
-    let chunks = chunks_in(FILE as u64);
+    let chunks = chunks_in(size as u64);
 
-    let mut group = c.benchmark_group("attachment_50MiB");
+    let mut group = c.benchmark_group(format!("attachment_{}MiB", size / MIB));
     group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));
-    group.throughput(Throughput::Bytes(FILE as u64));
+    group.throughput(Throughput::Bytes(size as u64));
     group.bench_function("seal_5MiB_parts", |b| b.iter(|| seal_parts(&cipher, black_box(&plain))));
     group.bench_function("open_64KiB_chunks", |b| {
         b.iter(|| {
@@ -60,7 +67,7 @@ fn attachment_cipher(c: &mut Criterion) {
             total
         })
     });
-    let mut copy = vec![0u8; FILE];
+    let mut copy = vec![0u8; size];
     group.bench_function("memcpy_into_existing", |b| {
         b.iter(|| {
             copy.copy_from_slice(black_box(&plain));
