@@ -8,7 +8,7 @@
 //! Everything here runs off the session path: REST handlers and the sweep call the blob store
 //! asynchronously, and the CPU work (sealing parts, decoding pictures) goes to the blocking pool.
 
-mod cipher;
+pub mod cipher;
 mod download;
 mod media;
 mod record;

@@ -12,6 +12,8 @@
 //! Exit status of `run`: 0 when every step that must be valid was (verdict PASS), 2 when the
 //! run completed but the verdict is FAIL (results are still written), 1 when it could not run.
 
+mod attachments;
+mod attachments_report;
 mod cluster;
 mod groups;
 mod groups_report;

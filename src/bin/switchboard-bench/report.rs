@@ -3,6 +3,7 @@
 //! Markdown `summary.md` (with switchboard/Centrifugo ratios when both ran) in the run folder.
 
 use crate::Failure;
+use crate::attachments_report::{self, AttachmentsResult};
 use crate::cluster::FailoverResult;
 use crate::groups_report::{self, GroupFanoutResult};
 use crate::target::{Kind, Sut};
@@ -414,6 +415,8 @@ pub struct Results {
     pub slow_consumer: Vec<SlowConsumerResult>,
     /// S9 b/c: idle clients through the load balancer, a node killed, Redis commands.
     pub cluster: Vec<FailoverResult>,
+    /// S10: one per blob backend.
+    pub attachments: Vec<AttachmentsResult>,
     pub skipped: Vec<Skipped>,
     pub verdict: Verdict,
 }
@@ -438,6 +441,7 @@ impl Results {
             group_fanout: Vec::new(),
             slow_consumer: Vec::new(),
             cluster: Vec::new(),
+            attachments: Vec::new(),
             skipped: Vec::new(),
             verdict: Verdict { pass: true, ..Verdict::default() },
         }
@@ -600,6 +604,7 @@ pub fn markdown(r: &Results) -> String {
         slow_consumer_md(&mut md, s);
     }
     s9_md(&mut md, r);
+    attachments_report::markdown(&mut md, &r.attachments);
     ratios(&mut md, r);
     for s in &r.skipped {
         let _ = writeln!(md, "\n- {} {} skipped: {}", name(s.target), s.scenario, s.reason);

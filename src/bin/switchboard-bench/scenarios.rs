@@ -1,8 +1,9 @@
 //! The run (`switchboard-bench run`): its options, the order of the named scenarios and the
 //! run's verdict; and the scenarios S1 idle connections (memory per connection), S2 1:1
 //! delivery latency at steady rates, S3 durable throughput under a p99 bound, S6 history page
-//! latency. S4 (group fan-out) lives in `groups.rs`, S7 (slow consumer) in `slow.rs`. Every
-//! run is bounded in time and count; every step's counters start at zero.
+//! latency. S4 (group fan-out) lives in `groups.rs`, S7 (slow consumer) in `slow.rs`, S10
+//! (attachments, run only when named) in `attachments.rs`. Every run is bounded in time and
+//! count; every step's counters start at zero.
 
 use crate::groups::{FanOut, GroupPlan};
 pub use crate::pairs::new_histogram;
@@ -27,7 +28,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Scenarios to run: s1, s2, s3, s4, s6, s7, and s9 (a cluster: needs --urls).
+    /// Scenarios to run: s1, s2, s3, s4, s6, s7, s9 (a cluster: needs --urls), and s10
+    /// (attachments; not in the default list).
     #[arg(long, value_delimiter = ',', default_value = "s1,s2,s3,s4,s6,s7")]
     scenarios: Vec<String>,
     /// Measure an already running switchboard instead of starting one: the base URLs of its
@@ -159,6 +161,8 @@ pub struct RunArgs {
     /// part of the verdict and the exit status; without it they are reported as notes.
     #[arg(long)]
     s7_expect: bool,
+    #[command(flatten)]
+    s10: crate::attachments::S10Args,
 }
 
 fn parse_env_pair(s: &str) -> Result<(String, String), String> {
@@ -319,6 +323,17 @@ pub async fn run(args: RunArgs) -> Result<bool, Failure> {
         if wanted("s9") && kind == Kind::Switchboard && external {
             let outcome = runner.s9(&mut results).await;
             completed(&mut results, kind, "S9", outcome);
+        }
+        if wanted("s10") && (kind != Kind::Switchboard || external) {
+            results.skipped.push(Skipped {
+                target: kind,
+                scenario: "s10".into(),
+                reason:
+                    "attachments of a switchboard server of its own (its backend and memory are the measure)"
+                        .into(),
+            });
+        } else if wanted("s10") {
+            runner.s10(&mut results).await;
         }
     }
     let _ = std::fs::remove_dir_all(runner.work.join("switchboard"));
@@ -591,6 +606,20 @@ impl Runner {
         results.slow_consumer.push(r);
         sut.stop(&self.out, &format!("{kind:?}-s7").to_lowercase()).await;
         Ok(())
+    }
+
+    /// S10 attachments on each blob backend (`attachments.rs`).
+    async fn s10(&self, results: &mut Results) {
+        let setup = crate::attachments::Setup {
+            args: &self.args.s10,
+            quick: self.args.quick,
+            switchboard_bin: &self.switchboard_bin,
+            work: &self.work,
+            out: &self.out,
+            server_cpu: self.args.server_cpu,
+            server_env: &self.args.server_env,
+        };
+        crate::attachments::run(&setup, results).await;
     }
 
     /// S9, a cluster: (a) send→deliver latency of pairs whose two ends are on the same node
