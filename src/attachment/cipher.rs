@@ -7,7 +7,7 @@
 
 use crate::crypto::ConversationKey;
 use crate::model::AttachmentId;
-use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
 /// Plaintext bytes per chunk.
@@ -49,17 +49,29 @@ impl ChunkCipher {
         XNonce::from(nonce)
     }
 
-    /// Seals chunk `index` (at most `CHUNK` bytes), appending it to `out`.
+    /// Seals chunk `index` (at most `CHUNK` bytes), appending it to `out` (in place: the
+    /// plaintext is copied once, then encrypted where it lies).
     pub fn seal_chunk(&self, index: u64, last: bool, plain: &[u8], out: &mut Vec<u8>) {
         debug_assert!(plain.len() as u64 <= CHUNK);
-        let sealed =
-            self.0.encrypt(&Self::nonce(index, last), plain).expect("sealing an in-memory chunk cannot fail");
-        out.extend_from_slice(&sealed);
+        let start = out.len();
+        out.extend_from_slice(plain);
+        let tag = self
+            .0
+            .encrypt_inout_detached(&Self::nonce(index, last), b"", (&mut out[start..]).into())
+            .expect("sealing an in-memory chunk cannot fail");
+        out.extend_from_slice(&tag);
     }
 
     /// Opens chunk `index`.
     pub fn open_chunk(&self, index: u64, last: bool, sealed: &[u8]) -> Result<Vec<u8>, ChunkError> {
-        self.0.decrypt(&Self::nonce(index, last), sealed).map_err(|_| ChunkError)
+        let body_len = sealed.len().checked_sub(TAG as usize).ok_or(ChunkError)?;
+        let (body, tag) = sealed.split_at(body_len);
+        let mut plain = body.to_vec();
+        let tag = chacha20poly1305::Tag::try_from(tag).map_err(|_| ChunkError)?;
+        self.0
+            .decrypt_inout_detached(&Self::nonce(index, last), b"", plain.as_mut_slice().into(), &tag)
+            .map_err(|_| ChunkError)?;
+        Ok(plain)
     }
 
     /// Seals a run of whole chunks starting at chunk `first` (the last one of the file
