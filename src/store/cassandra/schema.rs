@@ -15,15 +15,40 @@ use scylla::client::session::Session;
 pub const SCHEMA_VERSION: i32 = 4;
 const SCHEMA: &str = include_str!("../../../schema.cql");
 
+/// How many times a statement refused for an unknown keyspace or table is tried again, 1 s apart.
+const SCHEMA_RETRIES: u32 = 30;
+
+/// A refusal that means "this node has not seen the keyspace or table yet".
+fn not_yet_known(error: &str) -> bool {
+    error.contains("doesn't exist")
+        || error.contains("unconfigured table")
+        || error.contains("does not exist")
+}
+
 /// Applies `schema.cql` (idempotent) and records its version.
 pub async fn apply_schema(session: &Session, config: &CassandraConfig) -> StoreResult<()> {
     let text = SCHEMA.replace("{keyspace}", &config.keyspace).replace("{replication}", &config.replication);
     let without_comments: String =
         text.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n");
     for statement in without_comments.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-        session.query_unpaged(statement, &[]).await.map_err(|e| unavailable(format!("{statement}: {e}")))?;
         // Every node must know a keyspace or table before the next statement uses it (on a
         // fresh multi-node cluster the next one may go to a node that has not seen it yet).
+        // Agreement is only among the nodes the coordinator knows: on a ring still forming
+        // (a node just started, gossip not settled) a statement may reach a node that has not
+        // heard of the keyspace, so such a refusal is retried while the ring converges.
+        let mut attempt = 0;
+        loop {
+            match session.query_unpaged(statement, &[]).await {
+                Ok(_) => break,
+                Err(e) if attempt < SCHEMA_RETRIES && not_yet_known(&e.to_string()) => {
+                    attempt += 1;
+                    tracing::info!(attempt, error = %e, "schema not yet known everywhere; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    session.await_schema_agreement().await.map_err(unavailable)?;
+                }
+                Err(e) => return Err(unavailable(format!("{statement}: {e}"))),
+            }
+        }
         session.await_schema_agreement().await.map_err(unavailable)?;
     }
     session.await_schema_agreement().await.map_err(unavailable)?;
