@@ -23,15 +23,29 @@ fn cassandra(args: &[&str]) {
     assert!(status.success(), "scripts/cassandra {args:?} failed");
 }
 
+/// Starts nodes 2 and 3 (if not running) and waits until node 3 sees all three up and normal:
+/// "serves CQL" alone does not mean gossip has settled, and a schema change made before that
+/// may reach a node that has not heard of the keyspace yet.
+fn three_node_ring() {
+    cassandra(&["start", "2"]);
+    cassandra(&["start", "3"]);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/cassandra");
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let out = std::process::Command::new(&script).args(["nodetool", "3", "status"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        if text.lines().filter(|l| l.starts_with("UN")).count() == 3 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "the 3-node ring did not settle in 90 s:\n{text}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 #[tokio::test]
 #[ignore = "needs Cassandra node 1 running and starts nodes 2-3: run by scripts/test"]
 async fn cassandra_fault_sigkill_one_of_three_nodes_loses_nothing_acked() {
-    tokio::task::spawn_blocking(|| {
-        cassandra(&["start", "2"]);
-        cassandra(&["start", "3"]);
-    })
-    .await
-    .unwrap();
+    tokio::task::spawn_blocking(three_node_ring).await.unwrap();
     let keyspace = format!("sbtest_fault_{}", std::process::id());
     let env = [
         ("SWITCHBOARD_STORE_BACKEND", "cassandra"),
@@ -145,12 +159,7 @@ async fn cassandra_fault_sigkill_one_of_three_nodes_loses_nothing_acked() {
 #[ignore = "needs Cassandra node 1 and Redis running and starts nodes 2-3: run by scripts/test"]
 async fn cassandra_fault_cluster_on_three_ring_nodes_loses_nothing() {
     let Ok(redis) = std::env::var("SWITCHBOARD_TEST_REDIS") else { return };
-    tokio::task::spawn_blocking(|| {
-        cassandra(&["start", "2"]);
-        cassandra(&["start", "3"]);
-    })
-    .await
-    .unwrap();
+    tokio::task::spawn_blocking(three_node_ring).await.unwrap();
     let Some(mut cluster) = Cluster::start_with_store(
         "ring",
         &format!("redis://{redis}"),
