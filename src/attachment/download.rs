@@ -57,9 +57,8 @@ pub struct Download {
 impl Attachments {
     /// Clears `access` to read one object of attachment `raw_id`.
     pub async fn download(&self, raw_id: &str, which: Which, access: Access) -> Result<Download> {
-        let id = parse_id(raw_id)?;
-        let rec = self.record(id).await?.ok_or_else(|| Error::not_found("no such attachment"))?;
-        let info = existing(self.directory.get(rec.conversation_id).await?)?;
+        let (rec, info) = self.found(raw_id).await?;
+        let id = rec.info.id;
         match access {
             Access::Link { exp, sig } => {
                 let path = match which {
@@ -97,9 +96,7 @@ impl Attachments {
 
     /// The attachment as a message shows it, with fresh links (for a reader).
     pub async fn view(&self, user: UserId, raw_id: &str) -> Result<AttachmentView> {
-        let id = parse_id(raw_id)?;
-        let rec = self.record(id).await?.ok_or_else(|| Error::not_found("no such attachment"))?;
-        let info = existing(self.directory.get(rec.conversation_id).await?)?;
+        let (rec, info) = self.found(raw_id).await?;
         self.check_reader(&rec, &info, user).await?;
         let exp = sealed_attachments::link_expiry(self.config.link_ttl_s);
         Ok(sealed_attachments::view(info.link_key(), rec.info, exp))
@@ -135,6 +132,14 @@ impl Attachments {
             }
         }
         Ok((hex::encode(hasher.finalize()), kept))
+    }
+
+    /// A finished attachment and its conversation (`not_found` if either is gone).
+    async fn found(&self, raw_id: &str) -> Result<(AttachmentRecord, std::sync::Arc<ConversationInfo>)> {
+        let id = parse_id(raw_id)?;
+        let rec = self.record(id).await?.ok_or_else(|| Error::not_found("no such attachment"))?;
+        let info = existing(self.directory.get(rec.conversation_id).await?)?;
+        Ok((rec, info))
     }
 
     /// A member's right to read: the carrying message within their window, or — not sent

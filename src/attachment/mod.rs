@@ -93,14 +93,6 @@ impl Attachments {
         }
     }
 
-    pub fn config(&self) -> &AttachmentsConfig {
-        &self.config
-    }
-
-    pub fn backend(&self) -> &'static str {
-        self.blob.backend()
-    }
-
     async fn record(&self, id: AttachmentId) -> Result<Option<AttachmentRecord>> {
         self.get_json(&record::record_key(id)).await
     }

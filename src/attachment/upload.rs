@@ -211,19 +211,21 @@ impl Attachments {
     async fn finished(&self, user: UserId, id: AttachmentId) -> Result<UploadStatus> {
         let rec = self.record(id).await?.filter(|r| r.uploader == user).ok_or_else(no_upload)?;
         let info = self.directory.for_member(rec.conversation_id, user).await?;
-        let view = sealed_attachments::view(
-            info.link_key(),
-            rec.info.clone(),
-            sealed_attachments::link_expiry(self.config.link_ttl_s),
-        );
-        Ok(UploadStatus {
-            upload_id: id,
-            offset: rec.info.size,
-            length: rec.info.size,
+        Ok(self.complete(info.link_key(), rec.info))
+    }
+
+    /// The status of a finished upload: its attachment, with fresh links.
+    fn complete(&self, link_key: &ConversationKey, attachment: AttachmentInfo) -> UploadStatus {
+        let size = attachment.size;
+        let exp = sealed_attachments::link_expiry(self.config.link_ttl_s);
+        UploadStatus {
+            upload_id: attachment.id,
+            offset: size,
+            length: size,
             part_bytes: PART_BYTES,
             complete: true,
-            attachment: Some(view),
-        })
+            attachment: Some(sealed_attachments::view(link_key, attachment, exp)),
+        }
     }
 
     /// Seals and stores the next part (`ends_file`: the file's last), then records it.
@@ -345,20 +347,7 @@ impl Attachments {
             .map_err(blob_error)?;
         self.put_json(&record::record_key(id), &attachment).await?;
         self.blob.delete(&record::upload_key(id)).await.map_err(blob_error)?;
-        let link_key = self.directory.for_member(rec.conversation_id, rec.uploader).await?;
-        let view = sealed_attachments::view(
-            link_key.link_key(),
-            attachment.info.clone(),
-            sealed_attachments::link_expiry(self.config.link_ttl_s),
-        );
-        Ok(UploadStatus {
-            upload_id: id,
-            offset: rec.length,
-            length: rec.length,
-            part_bytes: PART_BYTES,
-            complete: true,
-            attachment: Some(view),
-        })
+        Ok(self.complete(key, attachment.info))
     }
 
     /// Decodes a picture on the blocking pool (the caller holds a `pictures` permit).

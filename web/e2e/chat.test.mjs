@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { Server, launchBrowser } from './server.mjs';
+import { registerUser, openChatWith, openConversation } from './page.mjs';
 
 const OUT = process.env.WEB_E2E_OUT || 'target/web-e2e';
 const WAIT = 20_000;
@@ -27,24 +28,8 @@ after(async () => {
   await server?.stop();
 });
 
-/** A fresh browser context (its own storage) with the page open and a user registered. */
-async function user(name) {
-  const context = await browser.newContext({ viewport: { width: 1100, height: 760 } });
-  const page = await context.newPage();
-  page.setDefaultTimeout(WAIT);
-  await page.goto(server.url + '/');
-  await page.getByTestId('username').fill(name);
-  await page.getByTestId('password').fill(`${name} password`);
-  await page.getByTestId('register').click();
-  await page.getByTestId('conn-state').filter({ hasText: /online/i }).waitFor();
-  return { name, context, page };
-}
-
-async function openChatWith(u, other) {
-  await u.page.getByTestId('new-chat-username').fill(other);
-  await u.page.getByTestId('new-chat-start').click();
-  await u.page.getByTestId('composer').waitFor();
-}
+/** A fresh browser context with the page open and a user registered. */
+const user = (name) => registerUser(browser, server.url, name, WAIT);
 
 async function send(u, text) {
   await u.page.getByTestId('composer').fill(text);
@@ -53,11 +38,6 @@ async function send(u, text) {
 
 function messages(u, text) {
   return u.page.getByTestId('message').filter({ hasText: text });
-}
-
-async function openConversation(u, title) {
-  await u.page.getByTestId('conversation-item').filter({ hasText: title }).first().click();
-  await u.page.getByTestId('composer').waitFor();
 }
 
 test('two users chat, see ticks, presence, a server restart, and a stranger sees nothing', async () => {
