@@ -18,11 +18,13 @@ const SCHEMA: &str = include_str!("../../../schema.cql");
 /// How many times a statement refused for an unknown keyspace or table is tried again, 1 s apart.
 const SCHEMA_RETRIES: u32 = 30;
 
-/// A refusal that means "this node has not seen the keyspace or table yet".
+/// A refusal that means "this node has not seen the keyspace or table yet", or a schema change
+/// that took longer than the request timeout on a ring still settling. Every statement of the
+/// schema is idempotent (`IF NOT EXISTS`), so trying again is safe.
 fn not_yet_known(error: &str) -> bool {
-    error.contains("doesn't exist")
-        || error.contains("unconfigured table")
-        || error.contains("does not exist")
+    ["doesn't exist", "unconfigured table", "does not exist", "timeout", "timed out"]
+        .iter()
+        .any(|m| error.contains(m))
 }
 
 /// Applies `schema.cql` (idempotent) and records its version.
