@@ -21,6 +21,7 @@ mod pairs;
 mod report;
 mod scenarios;
 mod slow;
+mod soak;
 mod target;
 mod ws;
 

@@ -6,6 +6,7 @@ use crate::Failure;
 use crate::attachments_report::{self, AttachmentsResult};
 use crate::cluster::FailoverResult;
 use crate::groups_report::{self, GroupFanoutResult};
+use crate::soak::{self, SoakResult};
 use crate::target::{Kind, Sut};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -279,6 +280,19 @@ pub struct Check {
     pub met: bool,
 }
 
+impl Check {
+    /// The `met` cell of an expectations table: `n/a` when not evaluated.
+    pub fn met_cell(&self) -> &'static str {
+        if !self.evaluated {
+            "n/a"
+        } else if self.met {
+            "yes"
+        } else {
+            "**no**"
+        }
+    }
+}
+
 /// S7 slow consumer: idle clients, never-reading history flooders, ping latency of
 /// well-behaved clients, and the server's memory.
 #[derive(Serialize, Debug)]
@@ -417,6 +431,8 @@ pub struct Results {
     pub cluster: Vec<FailoverResult>,
     /// S10: one per blob backend.
     pub attachments: Vec<AttachmentsResult>,
+    /// S8 soak: intervals and summary (switchboard only).
+    pub soak: Vec<SoakResult>,
     pub skipped: Vec<Skipped>,
     pub verdict: Verdict,
 }
@@ -442,6 +458,7 @@ impl Results {
             slow_consumer: Vec::new(),
             cluster: Vec::new(),
             attachments: Vec::new(),
+            soak: Vec::new(),
             skipped: Vec::new(),
             verdict: Verdict { pass: true, ..Verdict::default() },
         }
@@ -603,6 +620,7 @@ pub fn markdown(r: &Results) -> String {
     for s in &r.slow_consumer {
         slow_consumer_md(&mut md, s);
     }
+    soak::markdown(&mut md, &r.soak);
     s9_md(&mut md, r);
     attachments_report::markdown(&mut md, &r.attachments);
     ratios(&mut md, r);
@@ -612,7 +630,7 @@ pub fn markdown(r: &Results) -> String {
     md
 }
 
-fn valid_cell(valid: bool, reasons: &[String]) -> String {
+pub(crate) fn valid_cell(valid: bool, reasons: &[String]) -> String {
     if valid { "yes".into() } else { format!("**no**: {}", reasons.join("; ")) }
 }
 
@@ -620,7 +638,7 @@ fn opt_ms(v: Option<u64>) -> String {
     v.map(|v| format!("{v} ms")).unwrap_or_else(|| "—".into())
 }
 
-fn mib(kib: u64) -> String {
+pub(crate) fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
@@ -754,20 +772,7 @@ fn slow_consumer_md(md: &mut String, s: &SlowConsumerResult) {
     let _ = writeln!(md, "\n| expectation | expected | observed | met |");
     let _ = writeln!(md, "|---|---|---|---|");
     for c in &s.expectations {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} |",
-            c.name,
-            c.expected,
-            c.observed,
-            if !c.evaluated {
-                "n/a"
-            } else if c.met {
-                "yes"
-            } else {
-                "**no**"
-            }
-        );
+        let _ = writeln!(md, "| {} | {} | {} | {} |", c.name, c.expected, c.observed, c.met_cell());
     }
 }
 

@@ -1,8 +1,8 @@
 //! The run (`switchboard-bench run`): its options, the order of the named scenarios and the
 //! run's verdict; and the scenarios S1 idle connections (memory per connection), S2 1:1
 //! delivery latency at steady rates, S3 durable throughput under a p99 bound, S6 history page
-//! latency. S4 (group fan-out) lives in `groups.rs`, S7 (slow consumer) in `slow.rs`, S10
-//! (attachments, run only when named) in `attachments.rs`. Every run is bounded in time and
+//! latency. S4 (group fan-out) lives in `groups.rs`, S7 (slow consumer) in `slow.rs`, S8 (soak,
+//! run only when named) in `soak.rs`, S10 (attachments, run only when named) in `attachments.rs`. Every run is bounded in time and
 //! count; every step's counters start at zero.
 
 use crate::groups::{FanOut, GroupPlan};
@@ -28,8 +28,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Scenarios to run: s1, s2, s3, s4, s6, s7, s9 (a cluster: needs --urls), and s10
-    /// (attachments; not in the default list).
+    /// Scenarios to run: s1, s2, s3, s4, s6, s7, s9 (a cluster: needs --urls), and s8 (soak)
+    /// and s10 (attachments), which are not in the default list.
     #[arg(long, value_delimiter = ',', default_value = "s1,s2,s3,s4,s6,s7")]
     scenarios: Vec<String>,
     /// Measure an already running switchboard instead of starting one: the base URLs of its
@@ -162,6 +162,8 @@ pub struct RunArgs {
     #[arg(long)]
     s7_expect: bool,
     #[command(flatten)]
+    s8: crate::soak::S8Args,
+    #[command(flatten)]
     s10: crate::attachments::S10Args,
 }
 
@@ -283,7 +285,7 @@ pub async fn run(args: RunArgs) -> Result<bool, Failure> {
     for kind in runner.args.targets.clone() {
         let wanted = |s: &str| runner.args.scenarios.iter().any(|x| x.eq_ignore_ascii_case(s));
         let external = !runner.args.urls.is_empty();
-        for own in ["s1", "s7"] {
+        for own in ["s1", "s7", "s8"] {
             if external && wanted(own) && kind == Kind::Switchboard {
                 results.skipped.push(Skipped {
                     target: kind,
@@ -319,6 +321,16 @@ pub async fn run(args: RunArgs) -> Result<bool, Failure> {
         if wanted("s7") && kind == Kind::Switchboard && !external {
             let outcome = runner.s7(kind, &mut results).await;
             completed(&mut results, kind, "S7", outcome);
+        }
+        if wanted("s8") && kind != Kind::Switchboard {
+            results.skipped.push(Skipped {
+                target: kind,
+                scenario: "s8".into(),
+                reason: "soak of a switchboard server of its own".into(),
+            });
+        } else if wanted("s8") && !external {
+            let outcome = runner.s8(&mut results).await;
+            completed(&mut results, kind, "S8", outcome);
         }
         if wanted("s9") && kind == Kind::Switchboard && external {
             let outcome = runner.s9(&mut results).await;
@@ -605,6 +617,20 @@ impl Runner {
         }
         results.slow_consumer.push(r);
         sut.stop(&self.out, &format!("{kind:?}-s7").to_lowercase()).await;
+        Ok(())
+    }
+
+    /// S8 soak: S2's pairs at a fixed rate for many intervals on one server (`soak.rs`).
+    async fn s8(&self, results: &mut Results) -> Result<(), Failure> {
+        let plan = crate::soak::SoakPlan::new(&self.args.s8, self.args.quick, self.sizes.pairs);
+        let sut = self.start(Kind::Switchboard).await?;
+        results.note_version(&sut);
+        let mut pairs = Pairs::setup(&sut, self.args.payload, self.pair_options(&sut, plan.pairs)).await?;
+        let data_dir = self.work.join("switchboard");
+        let r = crate::soak::run(&sut, &mut pairs, &plan, self.args.payload, &data_dir).await?;
+        pairs.close();
+        crate::soak::record(results, r, self.args.s8.s8_expect);
+        sut.stop(&self.out, "switchboard-s8").await;
         Ok(())
     }
 
