@@ -101,6 +101,8 @@ pub struct StorageConfig {
     pub data_dir: String,
     pub group_commit_max: u32,
     pub owner_shards: u32,
+    pub memtable_mib: u32,
+    pub cache_mib: u32,
     pub cassandra_nodes: String,
     pub cassandra_keyspace: String,
     pub cassandra_local_dc: String,
@@ -117,6 +119,8 @@ impl Default for StorageConfig {
             data_dir: "./data".into(),
             group_commit_max: 1024,
             owner_shards: 0,
+            memtable_mib: 16,
+            cache_mib: 32,
             cassandra_nodes: "127.0.0.1:9042".into(),
             cassandra_keyspace: "switchboard".into(),
             cassandra_local_dc: "datacenter1".into(),
@@ -387,6 +391,12 @@ impl Config {
         }
         if self.storage.owner_shards > 1024 {
             return Err(invalid("storage.owner_shards", "at most 1024 (0 = one per core)"));
+        }
+        if !(1..=256).contains(&self.storage.memtable_mib) {
+            return Err(invalid("storage.memtable_mib", "between 1 and 256"));
+        }
+        if !(1..=65_536).contains(&self.storage.cache_mib) {
+            return Err(invalid("storage.cache_mib", "between 1 and 65536"));
         }
         if self.storage.group_commit_max == 0 {
             return Err(invalid("storage.group_commit_max", "must be at least 1"));

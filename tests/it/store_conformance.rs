@@ -7,7 +7,9 @@ use std::sync::Arc;
 use switchboard::model::*;
 use switchboard::store::cassandra::{self, CassandraConfig, CassandraStore};
 use switchboard::store::embedded::EmbeddedStore;
-use switchboard::store::{AccountStore, ChatStore, DirectoryStore, MessageLog, MetaStore, StoreError};
+use switchboard::store::{
+    AccountStore, ChatStore, DirectoryStore, MessageLog, MetaStore, NewAppend, StoreError,
+};
 
 /// A backend under test, with whatever keeps its storage alive.
 pub struct Backend {
@@ -317,6 +319,45 @@ async fn re_sending_a_stored_batch_changes_nothing() {
         let stored = b.chat.messages_after(c, 0, 10).await.unwrap();
         assert_eq!(stored, batch.to_vec(), "{}", b.name);
         assert_eq!(b.chat.last_seq(c).await.unwrap(), 2);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_new_writes_nothing_when_a_client_id_is_known() {
+    // The owner's one-call path: a batch with a client id stored before is refused whole, with
+    // the stored message for that id; an all-new batch is appended; fencing still applies.
+    for b in backends().await {
+        let (x, y) = (UserId::generate(), UserId::generate());
+        let c = b.chat.create_direct(&direct(x, y)).await.unwrap().id;
+        let first = [message(c, x, 1, "a"), message(c, y, 2, "b")];
+        assert_eq!(b.chat.append_new(&first).await.unwrap(), NewAppend::Appended, "{}", b.name);
+        // A retry of "b" (same author, same client id) under a new seq, beside a new message.
+        let retry = [message(c, x, 3, "c"), message(c, y, 4, "b")];
+        match b.chat.append_new(&retry).await.unwrap() {
+            NewAppend::Known(found) => {
+                let seqs: Vec<Option<u64>> = found.iter().map(|m| m.as_ref().map(|m| m.seq)).collect();
+                assert_eq!(seqs, [None, Some(2)], "{}", b.name);
+                assert_eq!(found[1].as_ref().unwrap(), &first[1], "{}", b.name);
+            }
+            other => panic!("{}: expected Known, got {other:?}", b.name),
+        }
+        assert_eq!(
+            b.chat.last_seq(c).await.unwrap(),
+            2,
+            "{}: nothing of the refused batch is stored",
+            b.name
+        );
+        assert_eq!(b.chat.message_by_client_id(c, x, "c").await.unwrap(), None, "{}", b.name);
+        // The same client id from another author is another message.
+        let other_author = [message(c, x, 3, "b")];
+        assert_eq!(b.chat.append_new(&other_author).await.unwrap(), NewAppend::Appended, "{}", b.name);
+        assert_eq!(b.chat.last_seq(c).await.unwrap(), 3, "{}", b.name);
+        // Fenced like `append`.
+        let claim = b.chat.claim(c, "n1").await.unwrap();
+        let _ = b.chat.claim(c, "n2").await.unwrap();
+        let late = b.chat.append_new(&[fenced(c, x, 4, claim.epoch)]).await.unwrap_err();
+        assert!(matches!(late.error, StoreError::Fenced(_)), "{}: {:?}", b.name, late.error);
+        assert_eq!(b.chat.last_seq(c).await.unwrap(), 3, "{}", b.name);
     }
 }
 

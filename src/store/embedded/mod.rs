@@ -1,15 +1,18 @@
 //! The embedded backend of `AccountStore` and `ChatStore`: one fjall (LSM) database under the
-//! data dir. Message appends are one atomic batch synced with `PersistMode::SyncAll` (group
-//! commit); read-modify-write rules (unique usernames, one direct conversation per pair,
-//! monotonic watermarks) are serialised by one mutex.
+//! data dir. Message appends are one atomic batch synced with `PersistMode::SyncData`
+//! (fdatasync: the data and what is needed to read it back; group commit), run on the store's
+//! writer thread (`writer.rs`); other calls run on the blocking pool. Read-modify-write rules
+//! (unique usernames, one direct conversation per pair, monotonic watermarks) are serialised by
+//! one mutex. Memory is bounded by `EmbeddedOptions` (memtable and block cache sizes).
 
 mod directory;
 mod groups;
 mod reopen;
+mod writer;
 
 use super::{
-    AccountStore, AppendError, Claim, DirectoryStore, MessageLog, MetaStore, ReceiptStore, StoreError,
-    StoreResult,
+    AccountStore, AppendError, Claim, DirectoryStore, MessageLog, MetaStore, NewAppend, ReceiptStore,
+    StoreError, StoreResult,
 };
 use crate::model::{
     Conversation, ConversationId, Device, DeviceId, GroupUpdate, Member, MemberRecord, Millis, StoredMessage,
@@ -87,6 +90,8 @@ struct DeviceRow {
 #[derive(Clone)]
 pub struct EmbeddedStore {
     shared: Arc<Shared>,
+    /// Runs the message appends (`writer.rs`).
+    writer: Arc<writer::Writer>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -132,13 +137,74 @@ fn id_suffix(key: &[u8]) -> StoreResult<[u8; 16]> {
     key.get(16..32).and_then(|s| s.try_into().ok()).ok_or_else(|| StoreError::Corrupt("short key".into()))
 }
 
+/// A batch of messages encoded for `append`: each row's keys and value, and the fences
+/// (conversation, epoch) the batch must still hold.
+struct AppendRows {
+    rows: Vec<AppendRow>,
+    fences: Vec<(ConversationId, u64)>,
+}
+
+struct AppendRow {
+    conversation: ConversationId,
+    key: [u8; 24],
+    value: Vec<u8>,
+    client_key: Vec<u8>,
+    seq: u64,
+}
+
+impl AppendRows {
+    fn of(messages: &[StoredMessage]) -> AppendRows {
+        let rows = messages
+            .iter()
+            .map(|m| AppendRow {
+                conversation: m.conversation_id,
+                key: message_key(m.conversation_id, m.seq),
+                value: encode(m),
+                client_key: client_id_key(m.conversation_id, m.author_id, &m.client_msg_id),
+                seq: m.seq,
+            })
+            .collect();
+        let mut fences: Vec<(ConversationId, u64)> =
+            messages.iter().filter(|m| m.epoch > 0).map(|m| (m.conversation_id, m.epoch)).collect();
+        fences.dedup();
+        AppendRows { rows, fences }
+    }
+}
+
+/// fjall's background threads (memtable flushes and compactions). fjall's default is one per
+/// core up to 4, so a node on one core had one: a long compaction then holds the flushes up,
+/// and with 4 sealed memtables waiting fjall halts writes (100 ms sleeps).
+const FLUSH_THREADS: usize = 4;
+
+/// How much memory the embedded store may hold (`storage.memtable_mib`, `storage.cache_mib`).
+#[derive(Clone, Debug)]
+pub struct EmbeddedOptions {
+    /// Largest memtable of one keyspace before it is flushed to a segment. Applies to
+    /// keyspaces created with it (fjall keeps each keyspace's size from its creation).
+    pub memtable_bytes: u64,
+    /// The block cache of every keyspace together.
+    pub cache_bytes: u64,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        EmbeddedOptions { memtable_bytes: 16 << 20, cache_bytes: 32 << 20 }
+    }
+}
+
 impl EmbeddedStore {
-    /// Opens (or creates) the database at `path`.
+    /// Opens (or creates) the database at `path` with the default memory bounds.
     pub fn open(path: &Path) -> StoreResult<EmbeddedStore> {
-        let inner = Inner::open(path)?;
+        EmbeddedStore::open_with(path, EmbeddedOptions::default())
+    }
+
+    /// Opens (or creates) the database at `path`.
+    pub fn open_with(path: &Path, options: EmbeddedOptions) -> StoreResult<EmbeddedStore> {
+        let inner = Inner::open(path, &options)?;
         Ok(EmbeddedStore {
             shared: Arc::new(Shared {
                 path: path.to_owned(),
+                options,
                 current: RwLock::new(Some(Arc::new(inner))),
                 retired: Mutex::new(None),
                 failed: AtomicBool::new(false),
@@ -146,36 +212,61 @@ impl EmbeddedStore {
                 last_attempt: Mutex::new(None),
                 probed: Mutex::new(None),
             }),
+            writer: Arc::new(writer::Writer::start().map_err(unavailable)?),
         })
     }
 
-    /// Runs `f` on the blocking pool: fjall calls may touch the disk (and `SyncAll` does). An
-    /// `Unavailable` error marks the store failed (see the type's doc).
+    /// Runs `f` on the blocking pool: fjall calls may touch the disk (and `SyncAll` does).
     async fn blocking<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Inner) -> StoreResult<T> + Send + 'static,
     {
         let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || {
-            let inner = shared.current()?;
-            let result = f(&inner);
-            if let Err(StoreError::Unavailable(e)) = &result
-                && !shared.failed.swap(true, Ordering::Relaxed)
-            {
-                tracing::error!(error = %e, "embedded store write failed; refusing writes until it can be reopened");
-            }
-            result
-        })
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+        tokio::task::spawn_blocking(move || call(&shared, f))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    }
+
+    /// `blocking`, on the writer thread: for message appends.
+    async fn on_writer<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> StoreResult<T> + Send + 'static,
+    {
+        let shared = self.shared.clone();
+        self.writer
+            .run(move || call(&shared, f))
+            .await
+            .unwrap_or_else(|| Err(StoreError::Unavailable("the store writer failed".into())))
     }
 }
 
+/// Runs `f` on the current database. An `Unavailable` error marks the store failed (see
+/// `EmbeddedStore`'s doc).
+fn call<T>(shared: &Shared, f: impl FnOnce(&Inner) -> StoreResult<T>) -> StoreResult<T> {
+    let inner = shared.current()?;
+    let result = f(&inner);
+    if let Err(StoreError::Unavailable(e)) = &result
+        && !shared.failed.swap(true, Ordering::Relaxed)
+    {
+        tracing::error!(error = %e, "embedded store write failed; refusing writes until it can be reopened");
+    }
+    result
+}
+
 impl Inner {
-    fn open(path: &Path) -> StoreResult<Inner> {
-        let db = Database::builder(path).open().map_err(unavailable)?;
-        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(unavailable);
+    fn open(path: &Path, options: &EmbeddedOptions) -> StoreResult<Inner> {
+        let db = Database::builder(path)
+            .cache_size(options.cache_bytes)
+            .worker_threads(FLUSH_THREADS)
+            .open()
+            .map_err(unavailable)?;
+        let memtable = options.memtable_bytes;
+        let ks = |name: &str| {
+            db.keyspace(name, || KeyspaceCreateOptions::default().max_memtable_size(memtable))
+                .map_err(unavailable)
+        };
         Ok(Inner {
             users: ks("users")?,
             usernames: ks("usernames")?,
@@ -232,6 +323,27 @@ impl Inner {
                 Ok(u64::from_be_bytes(b))
             }
         }
+    }
+
+    /// Writes the rows in one batch synced to disk, after checking their fences. Fenced
+    /// messages: their conversations' epochs must still be current; checked and written under
+    /// the lock `claim` takes, so a claim cannot slip in between.
+    fn write_rows(&self, rows: AppendRows) -> StoreResult<()> {
+        let _guard = (!rows.fences.is_empty()).then(|| self.lock());
+        for (conversation, epoch) in &rows.fences {
+            let current = self.owner_epoch(*conversation)?;
+            if current != *epoch {
+                return Err(StoreError::Fenced(format!(
+                    "conversation {conversation}: owner epoch is {current}, this write has {epoch}"
+                )));
+            }
+        }
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        for row in rows.rows {
+            batch.insert(&self.messages, row.key, row.value);
+            batch.insert(&self.client_ids, row.client_key, row.seq.to_be_bytes());
+        }
+        batch.commit().map_err(unavailable)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -399,38 +511,31 @@ impl MessageLog for EmbeddedStore {
     }
 
     async fn append(&self, messages: &[StoredMessage]) -> Result<(), AppendError> {
-        let rows: Vec<([u8; 24], Vec<u8>, Vec<u8>, u64)> = messages
-            .iter()
-            .map(|m| {
-                (
-                    message_key(m.conversation_id, m.seq),
-                    encode(m),
-                    client_id_key(m.conversation_id, m.author_id, &m.client_msg_id),
-                    m.seq,
-                )
-            })
-            .collect();
-        // Fenced messages: their conversations' epochs must still be current. Checked and
-        // written under the lock `claim` takes, so a claim cannot slip in between.
-        let mut fences: Vec<(ConversationId, u64)> =
-            messages.iter().filter(|m| m.epoch > 0).map(|m| (m.conversation_id, m.epoch)).collect();
-        fences.dedup();
-        self.blocking(move |s| {
-            let _guard = (!fences.is_empty()).then(|| s.lock());
-            for (conversation, epoch) in &fences {
-                let current = s.owner_epoch(*conversation)?;
-                if current != *epoch {
-                    return Err(StoreError::Fenced(format!(
-                        "conversation {conversation}: owner epoch is {current}, this write has {epoch}"
-                    )));
-                }
+        let rows = AppendRows::of(messages);
+        self.on_writer(move |s| s.write_rows(rows)).await.map_err(AppendError::from)
+    }
+
+    async fn append_new(&self, messages: &[StoredMessage]) -> Result<NewAppend, AppendError> {
+        let rows = AppendRows::of(messages);
+        self.on_writer(move |s| {
+            // The conversation's single writer calls this, so nothing can store one of these
+            // client ids between the lookup and the write.
+            let mut found = Vec::with_capacity(rows.rows.len());
+            for row in &rows.rows {
+                found.push(match s.client_ids.get(&row.client_key).map_err(unavailable)? {
+                    None => None,
+                    Some(seq) => {
+                        let seq: [u8; 8] = seq[..]
+                            .try_into()
+                            .map_err(|_| StoreError::Corrupt("bad client id row".into()))?;
+                        s.message(row.conversation, u64::from_be_bytes(seq))?
+                    }
+                });
             }
-            let mut batch = s.db.batch().durability(Some(PersistMode::SyncAll));
-            for (key, value, client_key, seq) in rows {
-                batch.insert(&s.messages, key, value);
-                batch.insert(&s.client_ids, client_key, seq.to_be_bytes());
+            if found.iter().any(Option::is_some) {
+                return Ok(NewAppend::Known(found));
             }
-            batch.commit().map_err(unavailable)
+            s.write_rows(rows).map(|()| NewAppend::Appended)
         })
         .await
         .map_err(AppendError::from)

@@ -8,6 +8,7 @@ use super::*;
 /// The database behind an `EmbeddedStore`, and the state of its recovery.
 pub(super) struct Shared {
     pub(super) path: PathBuf,
+    pub(super) options: EmbeddedOptions,
     pub(super) current: RwLock<Option<Arc<Inner>>>,
     /// A poisoned database waiting for its last in-flight call to finish before a reopen.
     pub(super) retired: Mutex<Option<Arc<Inner>>>,
@@ -61,7 +62,7 @@ impl Shared {
         }
         *retired = None;
         // Opened and probed without holding `current`: calls meanwhile are not blocked.
-        match Inner::open(&self.path).and_then(|inner| inner.probe().map(|()| inner)) {
+        match Inner::open(&self.path, &self.options).and_then(|inner| inner.probe().map(|()| inner)) {
             Ok(inner) => {
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(inner));
                 self.failed.store(false, Ordering::Relaxed);
