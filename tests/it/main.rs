@@ -9,7 +9,8 @@
 //! - `hostile`: a client that never reads (bounded memory, closed in time), a user far behind
 //!   catching up through repeated sync rounds.
 //! - `master_key`: a lost or different master key is refused at start, naming the fix.
-//! - `owner_restart`: a panicking owner shard is restarted and counted (in-process).
+//! - `owner_restart`: a panicking owner shard is restarted and counted; a batch mixing a retry
+//!   and new sends stays gapless (in-process).
 //! - `bad_input`: every bad input yields its error code or close code.
 //! - `login_limits`: login/registration rate limits, the bounded hash queue, token expiry.
 //! - `restart`: SIGKILL and SIGTERM: nothing acked is lost, seq continues gaplessly.

@@ -177,3 +177,42 @@ async fn a_panicking_shard_is_restarted_and_counted() {
     let next = owners.send(send(from, conversation, "c2")).unwrap().await.unwrap().unwrap();
     assert_eq!(next.seq, 2);
 }
+
+#[actix_rt::test]
+async fn a_batch_mixing_a_retry_and_new_sends_stays_gapless() {
+    // `append_new` refuses a batch holding a client id stored before: the shard answers the
+    // retry from the store and stores the new sends under the next seqs, with no gap.
+    use actix::Actor;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let conversations = Arc::new(Conversations::new(store.clone(), Some(MasterKey::generate())));
+    let registry = Registry::new("n1".into(), Arc::new(MemoryDirectory::default()), false).start();
+    let router = Router::new(registry, None).start();
+    let metrics = Arc::new(Metrics::default());
+    let owners = Owner::start(
+        store.clone(),
+        conversations.clone(),
+        router,
+        metrics.clone(),
+        OwnerSettings::default(),
+        1,
+        OwnerCluster::single("node-1"),
+    );
+    let (alice, bob) = (UserId::generate(), UserId::generate());
+    let conversation = conversations.open_direct(alice, bob).await.unwrap().id;
+    let from = Identity { user_id: alice, device_id: DeviceId::generate() };
+    let first = owners.send(send(from, conversation, "c1")).unwrap().await.unwrap().unwrap();
+    assert_eq!(first.seq, 1);
+    // Queued before the shard runs again, so they form one batch: new, retry, new.
+    let pending: Vec<_> =
+        ["c2", "c1", "c3"].iter().map(|id| owners.send(send(from, conversation, id)).unwrap()).collect();
+    let mut answers = Vec::new();
+    for reply in pending {
+        answers.push(reply.await.unwrap().unwrap());
+    }
+    assert_eq!(answers.iter().map(|s| s.seq).collect::<Vec<_>>(), [2, 1, 3]);
+    assert_eq!(answers[1].message_id, first.message_id, "the retry is the stored message");
+    assert_eq!(metrics.messages_duplicate_total.load(Ordering::Relaxed), 1);
+    let stored = store.messages_after(conversation, 0, 10).await.unwrap();
+    assert_eq!(stored.iter().map(|m| m.client_msg_id.as_str()).collect::<Vec<_>>(), ["c1", "c2", "c3"]);
+}

@@ -12,7 +12,8 @@
 //! Removal and leaving rotate the key: messages from the next seq on are sealed with a new
 //! one; the former member's records end at the removal message, and every read checks them.
 
-use super::{Owner, message_event};
+use super::Owner;
+use super::append::message_event;
 use crate::account::Identity;
 use crate::conversation::directory::{self, ConversationInfo};
 use crate::conversation::permissions;

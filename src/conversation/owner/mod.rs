@@ -18,6 +18,7 @@
 //! append with that epoch, so a paused former owner's late writes are refused by the store
 //! (`Fenced`): its callers get a retryable `unavailable`, never a false `sent`.
 
+mod append;
 mod group;
 mod handle;
 mod receipts;
@@ -31,13 +32,12 @@ use crate::cluster::link::Links;
 use crate::cluster::peer::PeerMsg;
 use crate::cluster::placement::Placement;
 use crate::conversation::directory::{self, ConversationInfo, Conversations};
-use crate::delivery::SessionEvent;
-use crate::delivery::{Audience, Publish, PublishBatch, Router};
+use crate::delivery::Router;
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::{
     ConversationId, MessageId, MessageKind, Millis, StoredMessage, UserId, Watermarks, now_millis,
 };
-use crate::protocol::{AttachmentView, MessageView, ServerFrame};
+use crate::protocol::AttachmentView;
 use crate::store::ChatStore;
 use crate::telemetry::Metrics;
 use actix::Addr;
@@ -181,8 +181,29 @@ struct Accepted {
     body: String,
     /// The message's attachments as readers see them (the stored entries are sealed).
     attachments: Vec<AttachmentView>,
-    audience: Arc<[UserId]>,
+    /// The attachment ids as sent, and the view it was sealed with: to accept it again under
+    /// another seq (`append::store_new`'s slow path).
+    attachment_ids: Vec<String>,
+    info: Arc<ConversationInfo>,
     replies: Vec<oneshot::Sender<Result<Sent>>>,
+}
+
+impl Accepted {
+    /// Back to a candidate, its reservation to be made again.
+    fn into_candidate(self) -> Candidate {
+        let m = self.message;
+        Candidate {
+            send: SendRequest {
+                from: Identity { user_id: m.author_id, device_id: m.device_id },
+                conversation_id: m.conversation_id,
+                client_msg_id: m.client_msg_id,
+                body: self.body,
+                attachments: self.attachment_ids,
+            },
+            info: self.info,
+            replies: self.replies,
+        }
+    }
 }
 
 /// What the owner shards need besides the store: where they are (placement) and the link to
@@ -200,6 +221,20 @@ impl OwnerCluster {
     }
 }
 
+/// An owner shard ready to run, not yet started: `spawn` it on the thread that should run it
+/// (the node puts each beside the sessions, on an HTTP worker: `node::on_workers`).
+pub struct ShardTask {
+    owner: Owner,
+    rx: mpsc::Receiver<Request>,
+}
+
+impl ShardTask {
+    /// Runs the shard on the current arbiter.
+    pub fn spawn(self) {
+        actix::spawn(self.owner.run(self.rx));
+    }
+}
+
 impl Owner {
     /// Starts `shards` owner tasks on the current arbiter and returns their handle.
     pub fn start(
@@ -211,6 +246,24 @@ impl Owner {
         shards: usize,
         cluster: OwnerCluster,
     ) -> OwnerHandle {
+        let (handle, tasks) =
+            Owner::prepare(store, conversations, router, metrics, settings, shards, cluster);
+        tasks.into_iter().for_each(ShardTask::spawn);
+        handle
+    }
+
+    /// `start`, leaving the shards to be spawned by the caller: their handle takes requests at
+    /// once (they wait in the shards' queues).
+    pub fn prepare(
+        store: Arc<dyn ChatStore>,
+        conversations: Arc<Conversations>,
+        router: Addr<Router>,
+        metrics: Arc<Metrics>,
+        settings: OwnerSettings,
+        shards: usize,
+        cluster: OwnerCluster,
+    ) -> (OwnerHandle, Vec<ShardTask>) {
+        let mut tasks = Vec::with_capacity(shards.max(1));
         let senders: Vec<_> = (0..shards.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(QUEUE_CAPACITY / shards.max(1));
@@ -232,11 +285,11 @@ impl Owner {
                     last_seq: HashMap::new(),
                     posted: Default::default(),
                 };
-                actix::spawn(owner.run(rx));
+                tasks.push(ShardTask { owner, rx });
                 tx
             })
             .collect();
-        OwnerHandle { shards: senders.into(), placement: cluster.placement, peers: cluster.peers }
+        (OwnerHandle { shards: senders.into(), placement: cluster.placement, peers: cluster.peers }, tasks)
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
@@ -336,39 +389,9 @@ impl Owner {
             }
             candidates = ok;
         }
-        // 3. Idempotency against the store, one lookup for the whole batch.
+        // 3. Idempotency and the durable append, in one store call for the whole batch.
         if !candidates.is_empty() {
-            let keys: Vec<ClientKey> = candidates
-                .iter()
-                .map(|c| (c.send.conversation_id, c.send.from.user_id, c.send.client_msg_id.clone()))
-                .collect();
-            match self.store.messages_by_client_ids(&keys).await {
-                Ok(found) => {
-                    let mut accepted = Vec::with_capacity(candidates.len());
-                    for (candidate, stored) in candidates.into_iter().zip(found) {
-                        match stored {
-                            Some(stored) => {
-                                Metrics::inc(&self.metrics.messages_duplicate_total);
-                                candidate.answer(Ok(Sent::of(&stored)));
-                            }
-                            None => match self.accept(candidate).await {
-                                Ok(a) => accepted.push(a),
-                                Err((candidate, e)) => candidate.answer(Err(e)),
-                            },
-                        }
-                    }
-                    // 4. One durable append for everything new.
-                    if !accepted.is_empty() {
-                        self.commit(accepted).await;
-                    }
-                }
-                Err(e) => {
-                    let e: Error = e.into();
-                    for candidate in candidates {
-                        candidate.answer(Err(e.clone()));
-                    }
-                }
-            }
+            self.store_new(candidates).await;
         }
         // After the commit, so a receipt is checked against stored seqs only.
         self.advance_all(receipts).await;
@@ -408,7 +431,14 @@ impl Owner {
             epoch,
         };
         let attachments = crate::conversation::sealed_attachments::open_plain(&info, &send.attachments);
-        Ok(Accepted { message, body: send.body, attachments, audience: info.members.clone(), replies })
+        Ok(Accepted {
+            message,
+            body: send.body,
+            attachments,
+            attachment_ids: send.attachments,
+            info,
+            replies,
+        })
     }
 
     /// The conversation's highest seq: stored, or reserved by the batch being built. In a
@@ -487,118 +517,5 @@ impl Owner {
         if self.lost.len() > 100_000 {
             self.lost.clear();
         }
-    }
-
-    async fn commit(&mut self, accepted: Vec<Accepted>) {
-        let messages: Vec<StoredMessage> = accepted.iter().map(|a| a.message.clone()).collect();
-        let started = Instant::now();
-        let result = self.store.append(&messages).await;
-        self.metrics.store_append_seconds.observe(started.elapsed());
-        let stored: Vec<bool> = match &result {
-            Ok(()) => vec![true; accepted.len()],
-            Err(failure) => {
-                let mut stored = vec![false; accepted.len()];
-                for &i in &failure.stored {
-                    if let Some(slot) = stored.get_mut(i) {
-                        *slot = true;
-                    }
-                }
-                tracing::warn!(error = %failure.error, batch = messages.len(), stored = failure.stored.len(),
-                    "durable append failed; only what was stored is acked");
-                stored
-            }
-        };
-        if result.is_ok() {
-            Metrics::inc(&self.metrics.group_commits_total);
-        }
-        let fenced = matches!(&result, Err(f) if matches!(f.error, crate::store::StoreError::Fenced(_)));
-        let error: Option<Error> = result.err().map(|f| f.error.into());
-        // First messages of authors are recorded before `sent`, so whoever the author writes to
-        // may watch their presence as soon as the message is acknowledged.
-        let mut new_posters: Vec<MemberKey> = Vec::new();
-        for (a, _) in accepted.iter().zip(&stored).filter(|(_, stored)| **stored) {
-            let poster = (a.message.conversation_id, a.message.author_id);
-            if !self.posted.contains(&poster) && !new_posters.contains(&poster) {
-                new_posters.push(poster);
-            }
-        }
-        self.record_posters(&new_posters).await;
-        let mut events = Vec::with_capacity(accepted.len());
-        for (a, stored) in accepted.into_iter().zip(stored) {
-            if stored {
-                Metrics::inc(&self.metrics.messages_stored_total);
-                let sent = Sent::of(&a.message);
-                for reply in a.replies {
-                    let _ = reply.send(Ok(sent.clone()));
-                }
-                events.push(message_event(a.message, a.body, a.attachments, a.audience));
-            } else {
-                // Forget the reservation: the next send reloads last_seq from the store (in a
-                // cluster: claims the conversation again, unless another node fenced it).
-                self.forget(a.message.conversation_id);
-                if fenced {
-                    Metrics::inc(&self.metrics.appends_fenced_total);
-                    self.lost.insert(a.message.conversation_id, self.placement.refreshes());
-                }
-                let error = error.clone().unwrap_or_else(|| Error::internal("append outcome missing"));
-                for reply in a.replies {
-                    let _ = reply.send(Err(error.clone()));
-                }
-            }
-        }
-        self.publish(events).await;
-    }
-
-    /// Records first messages of authors in conversations (who may see whose presence). A
-    /// failure only delays presence sharing until the author's next message.
-    async fn record_posters(&mut self, new: &[MemberKey]) {
-        let store = &self.store;
-        let writes = new.iter().map(|&(c, u)| async move { (c, u, store.mark_posted(c, u).await) });
-        for (c, u, result) in futures_util::future::join_all(writes).await {
-            match result {
-                Ok(()) => {
-                    if self.posted.len() >= POSTED_MAX {
-                        self.posted.clear();
-                    }
-                    self.posted.insert((c, u));
-                }
-                Err(e) => tracing::warn!(error = %e, "could not record a poster"),
-            }
-        }
-    }
-
-    /// Hands a batch's events to the Router, waiting while its mailbox is full.
-    async fn publish(&self, events: Vec<Publish>) {
-        if events.is_empty() {
-            return;
-        }
-        if self.router.send(PublishBatch(events)).await.is_err() {
-            tracing::warn!("router stopped; events not delivered live (clients sync)");
-        }
-    }
-}
-
-/// The live event of a stored message: its frame, encoded once for every recipient.
-fn message_event(
-    m: StoredMessage,
-    body: String,
-    attachments: Vec<AttachmentView>,
-    audience: Arc<[UserId]>,
-) -> Publish {
-    let frame = ServerFrame::Message(MessageView {
-        conversation_id: m.conversation_id,
-        seq: m.seq,
-        message_id: m.message_id,
-        author_id: m.author_id,
-        client_msg_id: m.client_msg_id,
-        body,
-        ts: m.ts,
-        attachments,
-        kind: m.kind,
-    });
-    Publish {
-        audience,
-        except: Audience::AllButDevice(m.device_id),
-        event: SessionEvent::Message { conversation_id: m.conversation_id, seq: m.seq, text: frame.encode() },
     }
 }
