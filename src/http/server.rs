@@ -54,6 +54,8 @@ impl Server {
             .disable_signals()
             .shutdown_timeout(config.server.shutdown_timeout_ms.div_ceil(1000))
             .listen("switchboard", listener, move || {
+                // Called on each worker thread as it starts.
+                data.on_workers.adopt(workers);
                 let app = App::new().app_data(data.clone()).configure(super::configure);
                 fn_service(|io: actix_web::rt::net::TcpStream| async move {
                     let peer = io.peer_addr().ok();

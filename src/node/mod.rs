@@ -1,6 +1,10 @@
 //! `Node`: one running switchboard node — its stores, actors and services, created and wired
 //! in one place (`Node::start`). The HTTP edge holds the node; each session gets only
-//! `SessionDeps`, the parts it uses.
+//! `SessionDeps`, the parts it uses. The Registry, Router and owner shards run on the HTTP
+//! workers, beside the sessions (`on_workers`).
+
+mod on_workers;
+pub use on_workers::OnWorkers;
 
 use crate::account::Accounts;
 use crate::attachment::Attachments;
@@ -24,7 +28,7 @@ use crate::store::presence::{ClusterDirectory, ClusterEvent, NodeInfo};
 use crate::store::redis_directory::RedisDirectory;
 use crate::store::{MetaStore, StoreError, Stores};
 use crate::telemetry::Metrics;
-use actix::{Actor, Addr};
+use actix::Addr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,6 +78,8 @@ pub struct Node {
     pub placement: Arc<Placement>,
     /// The inter-node link (cluster mode).
     pub peers: Option<Links<PeerMsg>>,
+    /// The Registry, Router and owner shards until the HTTP workers start them.
+    pub on_workers: OnWorkers,
     draining: AtomicBool,
 }
 
@@ -115,8 +121,9 @@ async fn settle_key(
 }
 
 impl Node {
-    /// Opens the stores, checks the master key against them, and starts the Registry, Router
-    /// and owner shards on the current arbiter.
+    /// Opens the stores and checks the master key against them. The Registry, Router and
+    /// owner shards take requests at once and run once the HTTP workers adopt them
+    /// (`on_workers`).
     pub async fn start(config: Config) -> Result<Arc<Node>, StartError> {
         let data_dir = config.data_dir();
         std::fs::create_dir_all(&data_dir).map_err(StartError::MasterKey)?;
@@ -180,7 +187,8 @@ impl Node {
         if let Err(e) = directory.leave(&node_id, now_millis()).await {
             tracing::warn!(error = %e, "could not clear this node's sessions of a previous run");
         }
-        let registry = Registry::new(node_id.clone(), directory.clone(), clustered).start();
+        let (registry, registry_mailbox) = on_workers::mailbox::<Registry>();
+        let registry_actor = Registry::new(node_id.clone(), directory.clone(), clustered);
         let locator = Arc::new(Locator::new(directory.clone()));
         Node::forward_directory_events(directory.as_ref(), registry.clone(), locator.clone());
         let service = Arc::new(PeerService::new(registry.clone(), metrics.clone()));
@@ -236,8 +244,9 @@ impl Node {
             placement: placement.clone(),
             metrics: metrics.clone(),
         });
-        let router = Router::new(registry.clone(), remote).start();
-        let owner = Owner::start(
+        let (router, router_mailbox) = on_workers::mailbox::<Router>();
+        let router_actor = Router::new(registry.clone(), remote);
+        let (owner, shards) = Owner::prepare(
             stores.chat.clone(),
             conversations.clone(),
             router.clone(),
@@ -247,6 +256,8 @@ impl Node {
             OwnerCluster { placement: placement.clone(), peers: peers.clone() },
         );
         service.set_owners(owner.clone());
+        let on_workers =
+            OnWorkers::new((registry_mailbox, registry_actor), (router_mailbox, router_actor), shards);
         let accounts = Accounts::from_config(stores.accounts.clone(), &config.security);
         let reader = HistoryReader::new(stores.chat.clone(), conversations.clone());
         let sessions = Arc::new(SessionDeps {
@@ -275,6 +286,7 @@ impl Node {
             stores,
             placement,
             peers,
+            on_workers,
             config: Arc::new(config),
             draining: AtomicBool::new(false),
         }))
