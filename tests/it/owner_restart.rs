@@ -8,13 +8,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use switchboard::account::Identity;
 use switchboard::conversation::directory::Conversations;
-use switchboard::conversation::owner::{Owner, OwnerCluster, OwnerSettings, SendRequest};
+use switchboard::conversation::owner::{Owner, OwnerCluster, OwnerHandle, OwnerSettings, SendRequest};
 use switchboard::crypto::MasterKey;
 use switchboard::delivery::{Registry, Router};
 use switchboard::model::*;
 use switchboard::store::embedded::EmbeddedStore;
 use switchboard::store::presence::MemoryDirectory;
-use switchboard::store::{AppendError, Claim, DirectoryStore, MessageLog, ReceiptStore, StoreResult};
+use switchboard::store::{
+    AppendError, ChatStore, Claim, DirectoryStore, MessageLog, ReceiptStore, StoreResult,
+};
 use switchboard::telemetry::Metrics;
 
 /// The embedded store with injected faults: the first append panics (`armed`), or a system
@@ -140,28 +142,38 @@ fn send(from: Identity, conversation_id: ConversationId, client_msg_id: &str) ->
     }
 }
 
+/// `shards` owner shards over `store` on the current arbiter, with a Registry and Router.
+fn start_owners<S: ChatStore>(
+    store: Arc<S>,
+    shards: usize,
+) -> (OwnerHandle, Arc<Conversations>, Arc<Metrics>) {
+    use actix::Actor;
+    let conversations = Arc::new(Conversations::new(store.clone(), Some(MasterKey::generate())));
+    let registry = Registry::new("n1".into(), Arc::new(MemoryDirectory::default()), false).start();
+    let router = Router::new(registry, None).start();
+    let metrics = Arc::new(Metrics::default());
+    let settings = OwnerSettings { max_batch: 64, ..OwnerSettings::default() };
+    let owners = Owner::start(
+        store,
+        conversations.clone(),
+        router,
+        metrics.clone(),
+        settings,
+        shards,
+        OwnerCluster::single("node-1"),
+    );
+    (owners, conversations, metrics)
+}
+
 #[actix_rt::test]
 async fn a_panicking_shard_is_restarted_and_counted() {
-    use actix::Actor;
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(PanicsOnce {
         inner: EmbeddedStore::open(dir.path()).unwrap(),
         armed: AtomicBool::new(true),
         lose_system_ack: AtomicBool::new(false),
     });
-    let conversations = Arc::new(Conversations::new(store.clone(), Some(MasterKey::generate())));
-    let registry = Registry::new("n1".into(), Arc::new(MemoryDirectory::default()), false).start();
-    let router = Router::new(registry, None).start();
-    let metrics = Arc::new(Metrics::default());
-    let owners = Owner::start(
-        store.clone(),
-        conversations.clone(),
-        router,
-        metrics.clone(),
-        OwnerSettings { max_batch: 64, ..OwnerSettings::default() },
-        2,
-        OwnerCluster::single("node-1"),
-    );
+    let (owners, conversations, metrics) = start_owners(store, 2);
     let (alice, bob) = (UserId::generate(), UserId::generate());
     let conversation = conversations.open_direct(alice, bob).await.unwrap().id;
     let from = Identity { user_id: alice, device_id: DeviceId::generate() };
@@ -182,22 +194,9 @@ async fn a_panicking_shard_is_restarted_and_counted() {
 async fn a_batch_mixing_a_retry_and_new_sends_stays_gapless() {
     // `append_new` refuses a batch holding a client id stored before: the shard answers the
     // retry from the store and stores the new sends under the next seqs, with no gap.
-    use actix::Actor;
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
-    let conversations = Arc::new(Conversations::new(store.clone(), Some(MasterKey::generate())));
-    let registry = Registry::new("n1".into(), Arc::new(MemoryDirectory::default()), false).start();
-    let router = Router::new(registry, None).start();
-    let metrics = Arc::new(Metrics::default());
-    let owners = Owner::start(
-        store.clone(),
-        conversations.clone(),
-        router,
-        metrics.clone(),
-        OwnerSettings::default(),
-        1,
-        OwnerCluster::single("node-1"),
-    );
+    let (owners, conversations, metrics) = start_owners(store.clone(), 1);
     let (alice, bob) = (UserId::generate(), UserId::generate());
     let conversation = conversations.open_direct(alice, bob).await.unwrap().id;
     let from = Identity { user_id: alice, device_id: DeviceId::generate() };

@@ -113,7 +113,9 @@ impl Owner {
                 new_posters.push(poster);
             }
         }
+        let posting = Instant::now();
         self.record_posters(&new_posters).await;
+        let posters_took = posting.elapsed();
         let mut events = Vec::with_capacity(accepted.len());
         for (a, stored) in accepted.into_iter().zip(stored) {
             if stored {
@@ -137,7 +139,17 @@ impl Owner {
                 }
             }
         }
+        let publishing = Instant::now();
         self.publish(events).await;
+        let published = publishing.elapsed();
+        if posters_took + published >= super::SLOW_BATCH {
+            tracing::warn!(
+                posters = new_posters.len(),
+                posters_ms = posters_took.as_millis() as u64,
+                publish_ms = published.as_millis() as u64,
+                "slow owner batch: recording posters or handing the events to the Router"
+            );
+        }
     }
 
     /// Records first messages of authors in conversations (who may see whose presence). A

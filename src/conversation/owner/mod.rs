@@ -152,6 +152,9 @@ pub struct Owner {
     posted: std::collections::HashSet<MemberKey>,
 }
 
+/// A batch that takes this long is logged with where the time went.
+const SLOW_BATCH: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Posters remembered per shard before the set starts over (a re-record is idempotent).
 const POSTED_MAX: usize = 100_000;
 
@@ -329,6 +332,8 @@ impl Owner {
     }
 
     async fn process(&mut self, batch: &mut Vec<Request>) {
+        let started = Instant::now();
+        let requests = batch.len();
         self.forget_moved();
         let mut flushes = Vec::new();
         let mut receipts = Vec::new();
@@ -390,9 +395,11 @@ impl Owner {
             candidates = ok;
         }
         // 3. Idempotency and the durable append, in one store call for the whole batch.
+        let checked = started.elapsed();
         if !candidates.is_empty() {
             self.store_new(candidates).await;
         }
+        let stored = started.elapsed();
         // After the commit, so a receipt is checked against stored seqs only.
         self.advance_all(receipts).await;
         // Group changes one at a time, each its own system message, after the batch's sends.
@@ -404,6 +411,17 @@ impl Owner {
         }
         for reply in flushes {
             let _ = reply.send(());
+        }
+        let total = started.elapsed();
+        if total >= SLOW_BATCH {
+            tracing::warn!(
+                requests,
+                total_ms = total.as_millis() as u64,
+                checks_ms = checked.as_millis() as u64,
+                store_and_publish_ms = (stored - checked).as_millis() as u64,
+                receipts_and_changes_ms = (total - stored).as_millis() as u64,
+                "slow owner batch"
+            );
         }
     }
 

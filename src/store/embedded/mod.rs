@@ -176,6 +176,10 @@ impl AppendRows {
 /// and with 4 sealed memtables waiting fjall halts writes (100 ms sleeps).
 const FLUSH_THREADS: usize = 4;
 
+/// A message append's fjall commit that takes this long is logged, with the state of the
+/// message tables (memtables waiting for a flush, tables in L0).
+const SLOW_COMMIT: Duration = Duration::from_millis(30);
+
 /// How much memory the embedded store may hold (`storage.memtable_mib`, `storage.cache_mib`).
 #[derive(Clone, Debug)]
 pub struct EmbeddedOptions {
@@ -339,11 +343,25 @@ impl Inner {
             }
         }
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        let count = rows.rows.len();
         for row in rows.rows {
             batch.insert(&self.messages, row.key, row.value);
             batch.insert(&self.client_ids, row.client_key, row.seq.to_be_bytes());
         }
-        batch.commit().map_err(unavailable)
+        let started = Instant::now();
+        let result = batch.commit().map_err(unavailable);
+        let took = started.elapsed();
+        if took >= SLOW_COMMIT {
+            tracing::warn!(
+                messages = count,
+                took_ms = took.as_millis() as u64,
+                sealed_memtables =
+                    self.messages.sealed_memtable_count() + self.client_ids.sealed_memtable_count(),
+                l0_tables = self.messages.l0_table_count() + self.client_ids.l0_table_count(),
+                "slow store commit"
+            );
+        }
+        result
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
