@@ -270,10 +270,7 @@ impl Stores {
         }
         let embedded = Arc::new(embedded::EmbeddedStore::open_with(
             &config.data_dir().join("store"),
-            embedded::EmbeddedOptions {
-                memtable_bytes: u64::from(config.storage.memtable_mib) << 20,
-                cache_bytes: u64::from(config.storage.cache_mib) << 20,
-            },
+            embedded::EmbeddedOptions::from_config(&config.storage),
         )?);
         Ok(Stores { meta: embedded.clone(), accounts: embedded.clone(), chat: embedded, presence })
     }

@@ -5,8 +5,10 @@
 //! (unique usernames, one direct conversation per pair, monotonic watermarks) are serialised by
 //! one mutex. Memory is bounded by `EmbeddedOptions` (memtable and block cache sizes).
 
+mod append;
 mod directory;
 mod groups;
+mod options;
 mod reopen;
 mod writer;
 
@@ -18,8 +20,11 @@ use crate::model::{
     Conversation, ConversationId, Device, DeviceId, GroupUpdate, Member, MemberRecord, Millis, StoredMessage,
     User, UserId, Watermarks,
 };
+use append::AppendRows;
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+pub use options::EmbeddedOptions;
+use options::FLUSH_THREADS;
 use reopen::{PROBE_EVERY, Shared, lock};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::path::{Path, PathBuf};
@@ -135,65 +140,6 @@ fn pair_key(a: UserId, b: UserId) -> [u8; 32] {
 
 fn id_suffix(key: &[u8]) -> StoreResult<[u8; 16]> {
     key.get(16..32).and_then(|s| s.try_into().ok()).ok_or_else(|| StoreError::Corrupt("short key".into()))
-}
-
-/// A batch of messages encoded for `append`: each row's keys and value, and the fences
-/// (conversation, epoch) the batch must still hold.
-struct AppendRows {
-    rows: Vec<AppendRow>,
-    fences: Vec<(ConversationId, u64)>,
-}
-
-struct AppendRow {
-    conversation: ConversationId,
-    key: [u8; 24],
-    value: Vec<u8>,
-    client_key: Vec<u8>,
-    seq: u64,
-}
-
-impl AppendRows {
-    fn of(messages: &[StoredMessage]) -> AppendRows {
-        let rows = messages
-            .iter()
-            .map(|m| AppendRow {
-                conversation: m.conversation_id,
-                key: message_key(m.conversation_id, m.seq),
-                value: encode(m),
-                client_key: client_id_key(m.conversation_id, m.author_id, &m.client_msg_id),
-                seq: m.seq,
-            })
-            .collect();
-        let mut fences: Vec<(ConversationId, u64)> =
-            messages.iter().filter(|m| m.epoch > 0).map(|m| (m.conversation_id, m.epoch)).collect();
-        fences.dedup();
-        AppendRows { rows, fences }
-    }
-}
-
-/// fjall's background threads (memtable flushes and compactions). fjall's default is one per
-/// core up to 4, so a node on one core had one: a long compaction then holds the flushes up,
-/// and with 4 sealed memtables waiting fjall halts writes (100 ms sleeps).
-const FLUSH_THREADS: usize = 4;
-
-/// A message append's fjall commit that takes this long is logged, with the state of the
-/// message tables (memtables waiting for a flush, tables in L0).
-const SLOW_COMMIT: Duration = Duration::from_millis(30);
-
-/// How much memory the embedded store may hold (`storage.memtable_mib`, `storage.cache_mib`).
-#[derive(Clone, Debug)]
-pub struct EmbeddedOptions {
-    /// Largest memtable of one keyspace before it is flushed to a segment. Applies to
-    /// keyspaces created with it (fjall keeps each keyspace's size from its creation).
-    pub memtable_bytes: u64,
-    /// The block cache of every keyspace together.
-    pub cache_bytes: u64,
-}
-
-impl Default for EmbeddedOptions {
-    fn default() -> Self {
-        EmbeddedOptions { memtable_bytes: 16 << 20, cache_bytes: 32 << 20 }
-    }
 }
 
 impl EmbeddedStore {
@@ -329,41 +275,6 @@ impl Inner {
         }
     }
 
-    /// Writes the rows in one batch synced to disk, after checking their fences. Fenced
-    /// messages: their conversations' epochs must still be current; checked and written under
-    /// the lock `claim` takes, so a claim cannot slip in between.
-    fn write_rows(&self, rows: AppendRows) -> StoreResult<()> {
-        let _guard = (!rows.fences.is_empty()).then(|| self.lock());
-        for (conversation, epoch) in &rows.fences {
-            let current = self.owner_epoch(*conversation)?;
-            if current != *epoch {
-                return Err(StoreError::Fenced(format!(
-                    "conversation {conversation}: owner epoch is {current}, this write has {epoch}"
-                )));
-            }
-        }
-        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
-        let count = rows.rows.len();
-        for row in rows.rows {
-            batch.insert(&self.messages, row.key, row.value);
-            batch.insert(&self.client_ids, row.client_key, row.seq.to_be_bytes());
-        }
-        let started = Instant::now();
-        let result = batch.commit().map_err(unavailable);
-        let took = started.elapsed();
-        if took >= SLOW_COMMIT {
-            tracing::warn!(
-                messages = count,
-                took_ms = took.as_millis() as u64,
-                sealed_memtables =
-                    self.messages.sealed_memtable_count() + self.client_ids.sealed_memtable_count(),
-                l0_tables = self.messages.l0_table_count() + self.client_ids.l0_table_count(),
-                "slow store commit"
-            );
-        }
-        result
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
         self.rmw.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -381,13 +292,16 @@ impl Inner {
 
     fn by_client_id(&self, key: &(ConversationId, UserId, String)) -> StoreResult<Option<StoredMessage>> {
         let (conversation, author, client_msg_id) = key;
-        let Some(seq) =
-            self.client_ids.get(client_id_key(*conversation, *author, client_msg_id)).map_err(unavailable)?
-        else {
+        self.by_client_key(*conversation, &client_id_key(*conversation, *author, client_msg_id))
+    }
+
+    /// The message stored under a client-id key (`client_id_key`) of `conversation`, if any.
+    fn by_client_key(&self, conversation: ConversationId, key: &[u8]) -> StoreResult<Option<StoredMessage>> {
+        let Some(seq) = self.client_ids.get(key).map_err(unavailable)? else {
             return Ok(None);
         };
         let seq: [u8; 8] = seq[..].try_into().map_err(|_| StoreError::Corrupt("bad client id row".into()))?;
-        self.message(*conversation, u64::from_be_bytes(seq))
+        self.message(conversation, u64::from_be_bytes(seq))
     }
 
     fn scan_messages(
@@ -535,28 +449,7 @@ impl MessageLog for EmbeddedStore {
 
     async fn append_new(&self, messages: &[StoredMessage]) -> Result<NewAppend, AppendError> {
         let rows = AppendRows::of(messages);
-        self.on_writer(move |s| {
-            // The conversation's single writer calls this, so nothing can store one of these
-            // client ids between the lookup and the write.
-            let mut found = Vec::with_capacity(rows.rows.len());
-            for row in &rows.rows {
-                found.push(match s.client_ids.get(&row.client_key).map_err(unavailable)? {
-                    None => None,
-                    Some(seq) => {
-                        let seq: [u8; 8] = seq[..]
-                            .try_into()
-                            .map_err(|_| StoreError::Corrupt("bad client id row".into()))?;
-                        s.message(row.conversation, u64::from_be_bytes(seq))?
-                    }
-                });
-            }
-            if found.iter().any(Option::is_some) {
-                return Ok(NewAppend::Known(found));
-            }
-            s.write_rows(rows).map(|()| NewAppend::Appended)
-        })
-        .await
-        .map_err(AppendError::from)
+        self.on_writer(move |s| s.append_if_new(rows)).await.map_err(AppendError::from)
     }
 
     async fn claim(&self, conversation: ConversationId, _node: &str) -> StoreResult<Claim> {
