@@ -54,8 +54,8 @@ impl OnWorkers {
     }
 
     /// Called on each worker thread as it starts (`workers` of them): starts this worker's
-    /// share on its arbiter. A worker started again later (after a crash) takes only what no
-    /// worker runs.
+    /// share on its arbiter. Each part is started once: a worker started again after a crash
+    /// finds its share taken, so what ran on the crashed worker is not restarted.
     pub fn adopt(&self, workers: usize) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         let me = pending.adopted % workers.max(1);
